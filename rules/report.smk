@@ -1,0 +1,78 @@
+# Tables, plots and the Snakemake HTML report (`snakemake --report results/report.html`).
+
+
+rule report_tables:
+    input:
+        summaries=lambda wc: verify_targets(wc.variant),
+    output:
+        csv=report(
+            "results/{variant}/report/verification.csv",
+            caption="../report/verification_csv.rst",
+            category="Verification",
+            labels={"variant": "{variant}", "what": "tidy per-suspect results"},
+        ),
+        md=report(
+            "results/{variant}/report/verification.md",
+            caption="../report/verification_table.rst",
+            category="Verification",
+            labels={"variant": "{variant}", "what": "table scenario x arch"},
+        ),
+    params:
+        alpha=lambda wc: vcfg(wc.variant)["verify"]["alpha"],
+    log:
+        logf("{variant}/report/tables"),
+    conda:
+        conda_env()
+    script:
+        "../scripts/report_tables.py"
+
+
+rule report_pvalues:
+    input:
+        csv="results/{variant}/report/verification.csv",
+    output:
+        png=report(
+            "results/{variant}/report/pvalues.png",
+            caption="../report/pvalues.rst",
+            category="Verification",
+            labels={"variant": "{variant}", "what": "p-values per scenario"},
+        ),
+    params:
+        alpha=lambda wc: vcfg(wc.variant)["verify"]["alpha"],
+    log:
+        logf("{variant}/report/pvalues"),
+    conda:
+        conda_env()
+    script:
+        "../scripts/report_pvalues.py"
+
+
+rule report_examples:
+    input:
+        clean=lambda wc: f"results/prep/r{vcfg(wc.variant)['xmark']['resolution']}.h5",
+        release=lambda wc: f"results/{wc.variant}/xmark/owner/release/r{vcfg(wc.variant)['xmark']['resolution']}.h5",
+        saliency=lambda wc: f"results/saliency/{surrogate_tag()}/r{vcfg(wc.variant)['xmark']['resolution']}.h5",
+        owner="results/{variant}/xmark/owner/owner/owner.json",
+    output:
+        png=report(
+            "results/{variant}/report/examples.png",
+            caption="../report/examples.rst",
+            category="Release",
+            labels={"variant": "{variant}", "what": "watermarked examples"},
+        ),
+    params:
+        n=4,
+        amplify=10,
+    log:
+        logf("{variant}/report/examples"),
+    conda:
+        conda_env()
+    script:
+        "../scripts/report_examples.py"
+
+
+rule report_all:
+    input:
+        "results/main/report/verification.md",
+        "results/main/report/pvalues.png",
+        "results/main/report/examples.png",

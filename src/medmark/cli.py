@@ -1,0 +1,196 @@
+"""``medmark`` command line (architecture.md: package map, ``medmark.cli``).
+
+``medmark verify --model FILE --owner-dir DIR --out verdict.json`` queries a suspect model
+(TorchScript ``.pt``/``.pth`` or ONNX ``.onnx``) as a black box with the owner's verification
+images and writes the verdict (brief verification.md: Tests). Exit status: 0 when a verdict was
+written (whatever it is), 2 on bad input (message on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medmark.errors import DataFormatError
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+def per_image_path(out: Path) -> Path:
+    """The per-image CSV written beside ``out``: ``verdict.json`` → ``verdict.per_image.csv``."""
+    return out.with_name(f"{out.stem}.per_image.csv")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medmark", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser(
+        "verify",
+        help="black-box ownership verification of a suspect model",
+        description="Query a suspect model with the owner's clean and watermarked "
+        "verification images and test H1: mean(P(y_t|x') - P(y_t|x)) > tau.",
+    )
+    v.add_argument(
+        "--model", required=True, type=Path, help="suspect: .pt/.pth TorchScript or .onnx"
+    )
+    v.add_argument(
+        "--owner-dir",
+        required=True,
+        type=Path,
+        help="owner directory with owner.json and verification.h5",
+    )
+    v.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="use the owner's verification images at this resolution (verification_r{R}.h5); "
+        "default: the file owner.json names",
+    )
+    v.add_argument(
+        "--verification-file",
+        type=Path,
+        default=None,
+        help="explicit verification HDF5 (overrides --resolution)",
+    )
+    v.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="verdict JSON; the per-image CSV is written beside it (<stem>.per_image.csv)",
+    )
+    v.add_argument(
+        "--output",
+        choices=("probs", "logits"),
+        default="probs",
+        help="what the model returns (default probs; logits are softmaxed)",
+    )
+    v.add_argument(
+        "--hard-label",
+        action="store_true",
+        help="use only predicted labels (Wilcoxon signed-rank test)",
+    )
+    v.add_argument("--tau", type=float, default=None, help="margin tau (default: owner.json)")
+    v.add_argument("--alpha", type=float, default=None, help="significance (default: owner.json)")
+    v.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="torch device for TorchScript models (ONNX runs on CPU; auto means CPU there)",
+    )
+    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument(
+        "--input-resolution",
+        type=int,
+        default=None,
+        help="resize images (bilinear, antialiased) to this size before querying the model",
+    )
+    v.add_argument(
+        "--format",
+        choices=("auto", "torchscript", "onnx"),
+        default="auto",
+        help="model format (default: by extension)",
+    )
+    return parser
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from medmark import __version__ as version
+    from medmark.io import sha256_file
+    from medmark.runtime import resolve_device
+    from medmark.verify import (
+        load_blackbox,
+        load_owner_verification,
+        verify_suspect,
+        write_verification,
+    )
+
+    if args.batch_size < 1:
+        raise DataFormatError(f"must be >= 1, got {args.batch_size}", field="--batch-size")
+    if args.input_resolution is not None and args.input_resolution < 1:
+        raise DataFormatError(
+            f"must be >= 1, got {args.input_resolution}", field="--input-resolution"
+        )
+    if args.resolution is not None and args.resolution < 1:
+        raise DataFormatError(f"must be >= 1, got {args.resolution}", field="--resolution")
+    owner = load_owner_verification(args.owner_dir, args.resolution, args.verification_file)
+    tau = owner.tau if args.tau is None else args.tau
+    alpha = owner.alpha if args.alpha is None else args.alpha
+    if not 0.0 <= tau < 1.0:
+        raise DataFormatError(f"tau must be in [0, 1), got {tau}", field="--tau")
+    if not 0.0 < alpha <= 1.0:
+        raise DataFormatError(f"alpha must be in (0, 1], got {alpha}", field="--alpha")
+    is_onnx = args.format == "onnx" or (
+        args.format == "auto" and args.model.suffix.lower() == ".onnx"
+    )
+    try:
+        device = resolve_device("cpu" if is_onnx and args.device == "auto" else args.device)
+    except RuntimeError as e:
+        raise DataFormatError(str(e), field="--device") from e
+    if not args.model.is_file():
+        raise DataFormatError("model file not found", file=str(args.model))
+    bb = load_blackbox(
+        args.model,
+        kind=args.format,
+        device=device,
+        batch_size=args.batch_size,
+        input_resolution=args.input_resolution,
+        output=args.output,
+    )
+    params = {
+        "model": str(args.model),
+        "model_sha256": sha256_file(args.model),
+        "owner_dir": str(args.owner_dir),
+        "method": owner.method,
+        "verify_seed": owner.verify_seed,
+        "verification_file": str(owner.verification_file),
+        "resolution": owner.resolution,
+        "input_resolution": args.input_resolution,
+        "output": args.output,
+        "device": str(device),
+        "tau_source": "owner.json" if args.tau is None else "--tau",
+        "alpha_source": "owner.json" if args.alpha is None else "--alpha",
+        "medmark_version": version,
+    }
+    summary, per_image = verify_suspect(
+        bb,
+        owner.clean,
+        owner.watermarked,
+        owner.test_images,
+        owner.test_labels,
+        target_class=owner.target_class,
+        tau=tau,
+        alpha=alpha,
+        hard_label=args.hard_label,
+        params=params,
+        ids=owner.ids,
+    )
+    csv_path = per_image_path(args.out)
+    write_verification(summary, per_image, args.out, csv_path)
+    flags = f" flags={','.join(summary['flags'])}" if summary["flags"] else ""
+    print(
+        f"{summary['verdict']}: {summary['test']} p={summary['p_value']:.3g} "
+        f"log10p={summary['log10_p']:.2f} dP={summary['delta_p']:.3f} wsr={summary['wsr']:.3f} "
+        f"m={summary['m']} tau={tau:g} alpha={alpha:g}{flags} -> {args.out}"
+    )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medmark`` console script; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "verify":
+            return _run_verify(args)
+    except DataFormatError as e:
+        print(f"medmark {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse restricts choices
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data stages: synthetic generator, ingest, splits, preprocessing to HDF5."""

@@ -1,0 +1,1 @@
+"""Watermarking methods (X-Mark; MedLocker and baselines plug into the same stages)."""

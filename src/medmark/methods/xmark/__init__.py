@@ -1,0 +1,74 @@
+"""X-Mark (Kulkarni, Guo, Huang, arXiv 2602.09284): saliency-guided, clean-label, sample-specific
+dataset watermark (brief xmark.md). Modules: :mod:`.generator` (conditional U-Net),
+:mod:`.losses` (the multi-component objective), :mod:`.training` (resumable generator training),
+:mod:`.release` (poisoned release and the owner's secret), :mod:`.config` (section defaults).
+"""
+
+from medmark.methods.xmark.config import XMARK_DEFAULTS, resolve_xmark
+from medmark.methods.xmark.generator import (
+    MASK_KINDS,
+    GeneratorConfig,
+    XMarkGenerator,
+    build_generator,
+    load_generator,
+    saliency_mask,
+    save_generator,
+)
+from medmark.methods.xmark.losses import (
+    TERMS,
+    LpipsDistance,
+    XMarkLoss,
+    diagnostic_loss,
+    efficacy_loss,
+    laplacian_loss,
+    lpips_l2_loss,
+    random_rescale,
+    ssim_l2_loss,
+)
+from medmark.methods.xmark.release import (
+    apply_generator,
+    check_separate,
+    choose_poisoned,
+    poison_budget,
+    write_owner_dir,
+    write_release,
+    write_verification_h5,
+)
+from medmark.methods.xmark.training import (
+    LOSS_COLUMNS,
+    ArrayTriples,
+    train_generator,
+    write_loss_csv,
+)
+
+__all__ = [
+    "LOSS_COLUMNS",
+    "MASK_KINDS",
+    "TERMS",
+    "XMARK_DEFAULTS",
+    "ArrayTriples",
+    "GeneratorConfig",
+    "LpipsDistance",
+    "XMarkGenerator",
+    "XMarkLoss",
+    "apply_generator",
+    "build_generator",
+    "check_separate",
+    "choose_poisoned",
+    "diagnostic_loss",
+    "efficacy_loss",
+    "laplacian_loss",
+    "load_generator",
+    "lpips_l2_loss",
+    "poison_budget",
+    "random_rescale",
+    "resolve_xmark",
+    "saliency_mask",
+    "save_generator",
+    "ssim_l2_loss",
+    "train_generator",
+    "write_loss_csv",
+    "write_owner_dir",
+    "write_release",
+    "write_verification_h5",
+]

@@ -1,0 +1,97 @@
+"""Classifier builders shared by the surrogate, the suspects and the attacks.
+
+Backbones come from torchvision (ResNet-18, DenseNet-121) with the stem replaced by a
+1-channel convolution (grayscale radiographs) and a 2-way head (binary task, see
+``medmark.data.labels``). Every model normalises internally, so all models take
+``float32 (N, 1, H, W)`` images in ``[0, 1]``: that is the black-box API the verifier uses
+(brief verification.md, "Roles").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from medmark.io import atomic_path
+
+ARCHS: tuple[str, ...] = ("resnet18", "densenet121")
+#: Fixed intensity normalisation applied inside every model (u8/255 images have mean ~0.5).
+NORM_MEAN, NORM_STD = 0.5, 0.25
+
+
+class Classifier(nn.Module):
+    """A backbone with a 1-channel stem and internal normalisation; input in ``[0, 1]``."""
+
+    def __init__(self, arch: str, num_classes: int = 2) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+        self.arch = arch
+        self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(NORM_MEAN).view(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor(NORM_STD).view(1, 1, 1, 1))
+        if arch == "resnet18":
+            net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+            net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        else:
+            net = torchvision.models.densenet121(weights=None, num_classes=num_classes)
+            net.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+    def default_cam_layer(self) -> nn.Module:
+        """The layer EigenCAM reads by default: the last convolutional block."""
+        if self.arch == "resnet18":
+            return self.net.layer4[-1]
+        return self.net.features[-1]
+
+    def feature_layer(self) -> nn.Module:
+        """The last block whose channels fine-pruning ranks (resnet layer4 / densenet block 4)."""
+        if self.arch == "resnet18":
+            return self.net.layer4
+        return self.net.features.denseblock4
+
+
+def build_classifier(arch: str, num_classes: int = 2, seed: int | None = None) -> Classifier:
+    """Build a freshly initialised classifier (seeded initialisation when ``seed`` is given)."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return Classifier(arch, num_classes)
+    return Classifier(arch, num_classes)
+
+
+def get_submodule(model: nn.Module, dotted: str) -> nn.Module:
+    """Resolve a dotted module path such as ``net.layer4.1`` (integers index Sequentials)."""
+    return model.get_submodule(dotted)
+
+
+def save_classifier(
+    model: Classifier, path: str | Path, meta: dict[str, Any] | None = None
+) -> None:
+    """Atomically save architecture, weights and metadata (seed, config) in one file."""
+    payload = {
+        "arch": model.arch,
+        "num_classes": model.num_classes,
+        "state_dict": model.state_dict(),
+        "meta": meta or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
+    """Load a classifier written by :func:`save_classifier`."""
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(payload, dict) or "arch" not in payload:
+        raise ValueError(f"{path}: not a medmark classifier checkpoint (no 'arch' key)")
+    model = Classifier(payload["arch"], payload["num_classes"])
+    model.load_state_dict(payload["state_dict"])
+    model.meta = payload.get("meta", {})  # type: ignore[attr-defined]
+    return model.eval()

@@ -1,0 +1,113 @@
+"""Image quality of a watermarked release (brief verification.md, "Metrics": image quality).
+
+Per image and aggregated, for clean/watermarked uint8 pairs:
+
+- ``psnr`` (dB, data range 1) and ``ssim`` (Gaussian window 11, sigma 1.5), torchmetrics
+  functional. Identical images have PSNR ``inf``; the aggregate ``psnr_mean`` averages the finite
+  values only and ``n_unchanged`` counts the identical pairs.
+- ``linf`` / ``l2`` of ``delta = x' - x`` in ``[0, 1]`` units, and ``linf_levels`` /
+  ``l2_levels`` in 8-bit grey levels (``255 *``); ``l2`` is the Euclidean norm over the image.
+- ``hf_share``: the fraction of the perturbation's spectral energy at high spatial frequency.
+  With ``F = fft2(delta)`` (no windowing, DC included in the total) and the radial frequency
+  ``rho(u, v) = sqrt(f_u^2 + f_v^2)`` in cycles/pixel (``numpy.fft.fftfreq``, Nyquist = 0.5),
+  ``hf_share = sum_{rho > 0.25} |F|^2 / sum |F|^2``, i.e. the share of energy above half the
+  Nyquist frequency (the band the Laplacian term of X-Mark suppresses; brief xmark.md). It is
+  NaN for ``delta = 0``; ``hf_share_mean`` is the mean over perturbed images and
+  ``hf_share_pooled`` the energy-weighted share over all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+HF_CUTOFF = 0.25  # cycles/pixel = half the Nyquist frequency
+PER_IMAGE = ("psnr", "ssim", "linf", "l2", "linf_levels", "l2_levels", "hf_share")
+
+
+def _check_pair(clean_u8: np.ndarray, wm_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(clean_u8), np.asarray(wm_u8)
+    if a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images, got {a.dtype} and {b.dtype}")
+    if a.ndim != 3 or a.shape != b.shape or a.shape[0] == 0:
+        raise ValueError(
+            f"expected two non-empty (N, H, W) arrays of one shape, got {a.shape}, {b.shape}"
+        )
+    return a, b
+
+
+def high_frequency_energy(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image ``(energy above HF_CUTOFF, total energy)`` of ``delta`` ``(N, H, W)`` (docstring)."""
+    d = np.asarray(delta, dtype=np.float64)
+    power = np.abs(np.fft.fft2(d, axes=(-2, -1))) ** 2
+    fu = np.fft.fftfreq(d.shape[-2])[:, None]
+    fv = np.fft.fftfreq(d.shape[-1])[None, :]
+    high = np.sqrt(fu**2 + fv**2) > HF_CUTOFF
+    return power[:, high].sum(axis=1), power.reshape(len(d), -1).sum(axis=1)
+
+
+def release_quality(clean_u8: np.ndarray, wm_u8: np.ndarray) -> dict[str, Any]:
+    """``{"per_image": {metric: (N,) array}, "summary": {metric: float}}`` (module docstring)."""
+    a, b = _check_pair(clean_u8, wm_u8)
+    x = torch.from_numpy(a).to(torch.float64).div(255.0).unsqueeze(1)
+    xw = torch.from_numpy(b).to(torch.float64).div(255.0).unsqueeze(1)
+    psnr = peak_signal_noise_ratio(xw, x, data_range=1.0, reduction="none", dim=(1, 2, 3)).numpy()
+    ssim = structural_similarity_index_measure(xw, x, data_range=1.0, reduction="none").numpy()
+    delta_levels = b.astype(np.float64) - a.astype(np.float64)
+    flat = delta_levels.reshape(len(a), -1)
+    linf_levels = np.abs(flat).max(axis=1)
+    l2_levels = np.sqrt((flat**2).sum(axis=1))
+    hf, total = high_frequency_energy(delta_levels)
+    changed = total > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(changed, hf / np.where(changed, total, 1.0), np.nan)
+    psnr = np.where(changed, psnr, np.inf)
+    per_image = {
+        "psnr": psnr,
+        "ssim": ssim,
+        "linf": linf_levels / 255.0,
+        "l2": l2_levels / 255.0,
+        "linf_levels": linf_levels,
+        "l2_levels": l2_levels,
+        "hf_share": share,
+    }
+    n_changed = int(changed.sum())
+    summary: dict[str, float] = {
+        "n_images": float(len(a)),
+        "n_unchanged": float(len(a) - n_changed),
+        "psnr_mean": float(psnr[changed].mean()) if n_changed else math.nan,
+        "ssim_mean": float(ssim.mean()),
+        "linf_max": float(per_image["linf"].max()),
+        "linf_max_levels": float(linf_levels.max()),
+        "l2_mean": float(per_image["l2"].mean()),
+        "l2_mean_levels": float(l2_levels.mean()),
+        "hf_share_mean": float(share[changed].mean()) if n_changed else math.nan,
+        "hf_share_pooled": float(hf.sum() / total.sum()) if n_changed else math.nan,
+    }
+    return {"per_image": per_image, "summary": summary}
+
+
+def quality_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per variant (e.g. ``main``, ``no_laplacian``): ``variant`` then the metrics.
+
+    Each row is ``{"variant": name, **release_quality(...)["summary"]}`` (other keys kept as
+    columns); write it with ``to_csv`` or ``to_markdown``.
+    """
+    if not rows:
+        raise ValueError("quality_table needs at least one row")
+    for i, row in enumerate(rows):
+        if "variant" not in row:
+            raise ValueError(f"row {i} has no 'variant' key")
+    names = [r["variant"] for r in rows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate variant names: {names}")
+    df = pd.DataFrame(rows)
+    return df[["variant", *[c for c in df.columns if c != "variant"]]].reset_index(drop=True)

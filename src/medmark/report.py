@@ -1,0 +1,203 @@
+"""Tables and figures in the shape of the paper (brief verification.md, "Metrics").
+
+Rows are scenario × arch; columns BA, AUROC, WSR, ΔP, p-value and the rate of p < α, which is
+the detection rate for Malicious and the false-positive rate for the independent scenarios
+(estimated over the population of independently trained models).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from medmark.io import atomic_path, write_text_atomic  # noqa: E402
+
+SCENARIO_ORDER = ["Malicious", "Ind-W", "Ind-D", "Ind-M", "Ind-Wp"]
+#: Scenarios whose correct verdict is "detected".
+POSITIVE_SCENARIOS = {"Malicious"}
+SUMMARY_COLUMNS = [
+    "verdict",
+    "p_value",
+    "log10_p",
+    "statistic",
+    "delta_p",
+    "wsr",
+    "benign_accuracy",
+    "auroc",
+    "m",
+    "tau",
+    "alpha",
+]
+
+
+def _num(v: object) -> float:
+    if v is None:
+        return math.nan
+    if isinstance(v, str):
+        return math.inf if v == "inf" else -math.inf if v == "-inf" else float(v)
+    return float(v)  # type: ignore[arg-type]
+
+
+def collect_summaries(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One tidy row per verification ``summary.json`` (labels from its ``params``)."""
+    rows = []
+    for p in paths:
+        s = json.loads(Path(p).read_text())
+        row = dict(s.get("params", {}))
+        for k in SUMMARY_COLUMNS:
+            row[k] = s.get(k) if k in ("verdict",) else _num(s.get(k))
+        row["flags"] = ";".join(s.get("flags", []))
+        row["path"] = str(p)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scenario_table(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Aggregate per (attack, scenario, arch): means over models and the rate of p < α."""
+    keys = [k for k in ("variant", "method", "attack", "scenario", "arch") if k in df.columns]
+    out = []
+    for key, g in df.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        rec = dict(zip(keys, key, strict=True))
+        rec.update(
+            {
+                "models": len(g),
+                "BA": g["benign_accuracy"].mean(),
+                "BA_sd": g["benign_accuracy"].std(ddof=0),
+                "AUROC": g["auroc"].mean(),
+                "WSR": g["wsr"].mean(),
+                "dP": g["delta_p"].mean(),
+                "p_median": g["p_value"].median(),
+                "p_max": g["p_value"].max(),
+                "rate_p_lt_alpha": float((g["p_value"] < alpha).mean()),
+            }
+        )
+        out.append(rec)
+    table = pd.DataFrame(out)
+    order = {s: i for i, s in enumerate(SCENARIO_ORDER)}
+    return table.sort_values(
+        by=[k for k in ("attack",) if k in table] + ["scenario", "arch"],
+        key=lambda c: c.map(order) if c.name == "scenario" else c,
+        kind="stable",
+    ).reset_index(drop=True)
+
+
+def _fmt(v: object, col: str) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "n/a"
+        if col.startswith("p_"):
+            return f"{v:.2e}"
+        return f"{v:.3f}"
+    return str(v)
+
+
+def markdown_table(df: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    cols = list(columns or df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c], c) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def verification_markdown(table: pd.DataFrame, alpha: float) -> str:
+    """The paper-shaped table with a legend of what each column means."""
+    body = markdown_table(
+        table.rename(columns={"rate_p_lt_alpha": "rate(p<α)"}),
+        [
+            c
+            for c in (
+                "attack",
+                "scenario",
+                "arch",
+                "models",
+                "BA",
+                "AUROC",
+                "WSR",
+                "dP",
+                "p_median",
+                "p_max",
+                "rate(p<α)",
+            )
+            if c in table.columns or c == "rate(p<α)"
+        ],
+    )
+    legend = (
+        f"\nrate(p<α) with α = {alpha}: detection rate for Malicious (should be 1), false-positive "
+        "rate for Ind-W, Ind-D, Ind-M and Ind-Wp (should be ≤ α-level). BA = benign accuracy on the "
+        "clean test split; WSR = share of watermarked non-target verification images classified as "
+        "the target; dP = mean P(y_t|x') − P(y_t|x).\n"
+    )
+    return body + legend
+
+
+def plot_pvalues(df: pd.DataFrame, alpha: float, out: str | Path) -> None:
+    """log10 p per scenario (one dot per model, arch by marker) with the α line."""
+    scen = [s for s in SCENARIO_ORDER if s in set(df["scenario"])]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    markers = {"resnet18": "o", "densenet121": "s"}
+    rng = np.random.default_rng(0)
+    for i, s in enumerate(scen):
+        g = df[df["scenario"] == s]
+        for arch, ga in g.groupby("arch"):
+            y = np.maximum(ga["log10_p"].to_numpy(dtype=float), -300)
+            x = i + rng.uniform(-0.15, 0.15, len(y))
+            ax.scatter(
+                x, y, marker=markers.get(arch, "^"), label=arch if i == 0 else None, alpha=0.8
+            )
+    ax.axhline(math.log10(alpha), color="red", ls="--", label=f"α = {alpha}")
+    ax.set_xticks(range(len(scen)), scen)
+    ax.set_ylabel("log10 p-value (paired one-sided t-test)")
+    ax.set_title("Ownership verification: p-values per scenario")
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=True))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def plot_examples(
+    clean: np.ndarray, marked: np.ndarray, saliency: np.ndarray, amplify: float, out: str | Path
+) -> None:
+    """Rows of (clean, watermarked, amplified δ, saliency overlay) for a few poisoned images."""
+    n = len(clean)
+    fig, axes = plt.subplots(n, 4, figsize=(8, 2.1 * n), squeeze=False)
+    titles = ["clean x", "watermarked x'", f"δ × {amplify:g}", "EigenCAM saliency"]
+    for i in range(n):
+        x, xw = clean[i].astype(np.float32) / 255, marked[i].astype(np.float32) / 255
+        delta = xw - x
+        axes[i, 0].imshow(x, cmap="gray", vmin=0, vmax=1)
+        axes[i, 1].imshow(xw, cmap="gray", vmin=0, vmax=1)
+        axes[i, 2].imshow(np.clip(0.5 + amplify * delta, 0, 1), cmap="gray", vmin=0, vmax=1)
+        axes[i, 3].imshow(x, cmap="gray", vmin=0, vmax=1)
+        axes[i, 3].imshow(saliency[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        for j in range(4):
+            axes[i, j].set_axis_off()
+            if i == 0:
+                axes[i, j].set_title(titles[j], fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def save_figure(fig: plt.Figure, out: str | Path) -> None:
+    """Save a matplotlib figure atomically and close it."""
+    with atomic_path(out, suffix=Path(out).suffix) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def write_table(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path, md: str) -> None:
+    """Write a tidy CSV and its Markdown rendering atomically."""
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=False)
+    write_text_atomic(md_path, md)

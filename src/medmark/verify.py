@@ -1,0 +1,1177 @@
+"""Black-box ownership verification of a suspect model (brief verification.md: Tests, Metrics).
+
+The verifier queries the suspect only through :class:`BlackBox` with ``m`` benign verification
+images ``x`` (non-target class, disjoint patients) and their watermarked versions ``x'``, then
+decides whether the suspect was trained on the protected release (Li et al., "Black-box Dataset
+Ownership Verification via Backdoor Watermarking", TIFS 2023, as extended by X-Mark).
+
+- Probability-available (default): one-sided paired t-test on ``P(y_t | .)``,
+  H1: ``mean(P(y_t|x') - P(y_t|x)) > tau`` (:func:`paired_ttest`).
+- Hard-label: Wilcoxon signed-rank on target-label indicators (primary), plus an exact binomial
+  test on the target-label rate (secondary) (:func:`wilcoxon_hard_label`).
+- Metrics: WSR, ΔP, benign accuracy and AUROC on clean test images.
+
+Degenerate inputs are verdicts, not crashes: they come back with a ``flag`` and
+``significant=False`` (or ``True`` for constant differences above ``tau``).
+
+JSON convention (:func:`json_safe`): NaN becomes ``null`` and ``±inf`` the strings ``"inf"`` /
+``"-inf"``; the ``flags`` list of the summary says why a value is undefined or infinite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import special, stats
+
+from medmark.errors import DataFormatError
+from medmark.io import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+OutputKind = Literal["probs", "logits"]
+OUTPUT_KINDS: tuple[str, ...] = ("probs", "logits")
+PROB_SUM_TOL = 1e-3
+LN10 = math.log(10.0)
+INPUT_CONTRACT = "float32 images of shape (N, 1, H, W) with values in [0, 1]"
+
+# flags (stable strings: reports filter on them)
+FLAG_NAN_IDENTICAL = "nan_identical_samples"
+FLAG_CONSTANT = "constant_differences"
+FLAG_ALL_ZERO = "all_zero_differences"
+FLAG_BINOM_NULL_CLIPPED = "binomial_null_rate_clipped"
+FLAG_BINOM_NULL_ZERO = "binomial_null_rate_zero"
+FLAG_AUROC_SINGLE_CLASS = "auroc_undefined_single_class"
+FLAG_AUROC_HARD_LABEL = "auroc_unavailable_hard_label"
+FLAG_NO_TEST = "no_test_images"
+FLAG_TEST_IGNORED = "test_labels_ignored_rows"
+
+
+# --------------------------------------------------------------------------- black boxes
+
+
+@runtime_checkable
+class BlackBox(Protocol):
+    """What the verifier may do with a suspect: query it (brief verification.md: Roles)."""
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """``(N, K)`` class probabilities for float32 ``(N, 1, H, W)`` images in ``[0, 1]``."""
+        ...
+
+    def predict_label(self, images: np.ndarray) -> np.ndarray:
+        """``(N,)`` predicted class indices (the hard-label API)."""
+        ...
+
+
+def check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
+    """Validate and return float32 ``(N, 1, H, W)`` images in ``[0, 1]`` (the black-box API)."""
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[1] != 1 or arr.shape[0] < 1:
+        raise DataFormatError(f"expected {INPUT_CONTRACT}, got shape {arr.shape}", field=name)
+    if arr.dtype != np.float32:
+        raise DataFormatError(f"expected {INPUT_CONTRACT}, got dtype {arr.dtype}", field=name)
+    if not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0:
+        raise DataFormatError(
+            f"expected {INPUT_CONTRACT}, got values in [{np.nanmin(arr):.4g}, "
+            f"{np.nanmax(arr):.4g}] (non-finite present: {not np.all(np.isfinite(arr))})",
+            field=name,
+        )
+    return np.ascontiguousarray(arr)
+
+
+def resize_batch(x: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """Resize ``(N, 1, H, W)`` to ``resolution``² (bilinear, antialiased) when it differs.
+
+    The suspect decides its own input size (brief xmark.md: scale robustness), so the verifier
+    resizes the owner's images the way a suspect's preprocessing would.
+    """
+    if resolution is None or tuple(x.shape[-2:]) == (resolution, resolution):
+        return x
+    y = F.interpolate(
+        x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+    )
+    return y.clamp_(0.0, 1.0)
+
+
+def softmax_np(z: np.ndarray) -> np.ndarray:
+    """Row-wise, numerically stable softmax in float64."""
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def outputs_to_proba(
+    raw: np.ndarray, n: int, output: OutputKind, source: str | None = None
+) -> np.ndarray:
+    """Check a model's raw output and return ``(N, K)`` float64 probabilities.
+
+    ``output="probs"``: rows must lie in ``[0, 1]`` and sum to ``1 ± 1e-3`` (else an error that
+    says so and suggests ``--output logits``). ``output="logits"``: softmax is always applied.
+    """
+    arr = np.asarray(raw)
+    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] < 2:
+        raise DataFormatError(
+            f"model output has shape {arr.shape}; expected (N, K) = ({n}, K >= 2): one row of "
+            "class probabilities (or logits with --output logits) per input image",
+            file=source,
+            field="output",
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise DataFormatError(
+            f"model output of shape {arr.shape} contains NaN or inf", file=source, field="output"
+        )
+    sums = arr.sum(axis=1)
+    looks_like_probs = (
+        arr.min() >= 0.0 and arr.max() <= 1.0 and bool(np.all(np.abs(sums - 1.0) <= PROB_SUM_TOL))
+    )
+    if output == "logits":
+        if looks_like_probs:
+            log.warning(
+                "%s: outputs were declared logits but every row already looks like a "
+                "probability vector; softmax applied as declared",
+                source or "model",
+            )
+        return softmax_np(arr)
+    if output != "probs":
+        raise ValueError(f"output must be one of {OUTPUT_KINDS}, got {output!r}")
+    if not looks_like_probs:
+        raise DataFormatError(
+            f"model output of shape {arr.shape} does not look like probabilities: values in "
+            f"[{arr.min():.4g}, {arr.max():.4g}], row sums in [{sums.min():.4g}, "
+            f"{sums.max():.4g}]; expected every row in [0, 1] summing to 1 ± {PROB_SUM_TOL:g}. "
+            "If the model returns logits, pass --output logits (softmax is then applied)",
+            file=source,
+            field="output",
+        )
+    return arr
+
+
+class _BatchedBlackBox:
+    """Shared batching, input checks and output checks of the adapters."""
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        batch_size: int,
+        input_resolution: int | None,
+        output: OutputKind,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if input_resolution is not None and input_resolution < 1:
+            raise ValueError(f"input_resolution must be >= 1, got {input_resolution}")
+        if output not in OUTPUT_KINDS:
+            raise ValueError(f"output must be one of {OUTPUT_KINDS}, got {output!r}")
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.input_resolution = input_resolution
+        self.output: OutputKind = output
+
+    def _raw(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _expected_input(self) -> str:
+        return ""
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        x = check_images(images)
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            batch = x[i : i + self.batch_size]
+            try:
+                raw = self._raw(batch)
+            except (MemoryError, torch.OutOfMemoryError, DataFormatError):
+                raise
+            except Exception as e:
+                r = self.input_resolution
+                fed = batch.shape if r is None else (len(batch), 1, r, r)
+                raise DataFormatError(
+                    f"the model raised {type(e).__name__} ({e}) when fed a batch of shape "
+                    f"{tuple(fed)}: medmark feeds every model {INPUT_CONTRACT}"
+                    f"{self._expected_input()}; if the model needs another input size pass "
+                    "--input-resolution",
+                    file=self.source,
+                    field="input",
+                ) from e
+            out.append(outputs_to_proba(raw, len(batch), self.output, self.source))
+        return np.concatenate(out, axis=0)
+
+    def predict_label(self, images: np.ndarray) -> np.ndarray:
+        return np.argmax(self.predict_proba(images), axis=1).astype(np.int64)
+
+
+class TorchBlackBox(_BatchedBlackBox):
+    """A torch module as a black box (eval mode, no_grad, softmax of its logits).
+
+    The project's models return 2-way logits, hence ``output="logits"`` by default. The module
+    is moved to ``device`` and put in eval mode (in place).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        input_resolution: int | None = None,
+        output: OutputKind = "logits",
+        source: str = "torch model",
+    ) -> None:
+        super().__init__(
+            source=source, batch_size=batch_size, input_resolution=input_resolution, output=output
+        )
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    @torch.no_grad()
+    def _raw(self, batch: np.ndarray) -> np.ndarray:
+        x = resize_batch(torch.from_numpy(batch).to(self.device), self.input_resolution)
+        y = self.model(x)
+        if not isinstance(y, torch.Tensor):
+            raise DataFormatError(
+                f"model returned {type(y).__name__}; expected one tensor of shape (N, K)",
+                file=self.source,
+                field="output",
+            )
+        return y.detach().float().cpu().numpy()
+
+
+class TorchScriptBlackBox(TorchBlackBox):
+    """A TorchScript archive (``torch.jit.save``) as a black box."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        input_resolution: int | None = None,
+        output: OutputKind = "probs",
+    ) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise DataFormatError("model file not found", file=str(path))
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated")
+                model = torch.jit.load(str(path), map_location=torch.device(device))
+        except Exception as e:
+            raise DataFormatError(
+                f"not a TorchScript archive (torch.jit.load: {e}); save the model with "
+                "torch.jit.script(model).save(path) or export it to ONNX (.onnx)",
+                file=str(path),
+            ) from e
+        super().__init__(
+            model,
+            device=device,
+            batch_size=batch_size,
+            input_resolution=input_resolution,
+            output=output,
+            source=str(path),
+        )
+
+
+class OnnxBlackBox(_BatchedBlackBox):
+    """An ONNX model run by onnxruntime on CPU (``CPUExecutionProvider``)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        batch_size: int = 64,
+        input_resolution: int | None = None,
+        output: OutputKind = "probs",
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataFormatError("model file not found", file=str(path))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:
+            raise DataFormatError(f"not a loadable ONNX model ({e})", file=str(path)) from e
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise DataFormatError(
+                f"ONNX model has {len(inputs)} inputs {[i.name for i in inputs]}; expected one "
+                f"image input taking {INPUT_CONTRACT}",
+                file=str(path),
+                field="input",
+            )
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        super().__init__(
+            source=str(path),
+            batch_size=batch_size,
+            input_resolution=input_resolution,
+            output=output,
+        )
+
+    def _expected_input(self) -> str:
+        return f" (this ONNX model declares input {self.input_name!r} of shape {self.input_shape})"
+
+    def _raw(self, batch: np.ndarray) -> np.ndarray:
+        x = resize_batch(torch.from_numpy(batch), self.input_resolution).numpy()
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0]
+
+
+MODEL_SUFFIXES: dict[str, str] = {".pt": "torchscript", ".pth": "torchscript", ".onnx": "onnx"}
+
+
+def load_blackbox(
+    path: str | os.PathLike[str],
+    kind: str = "auto",
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    input_resolution: int | None = None,
+    output: OutputKind = "probs",
+) -> BlackBox:
+    """Open a suspect file as a black box; ``kind="auto"`` picks by extension.
+
+    ``.pt``/``.pth`` → TorchScript (``torch.jit.load``), ``.onnx`` → onnxruntime (CPU only).
+    """
+    path = Path(path)
+    if kind == "auto":
+        kind = MODEL_SUFFIXES.get(path.suffix.lower(), "")
+        if not kind:
+            raise DataFormatError(
+                f"cannot tell the model format from the extension {path.suffix!r}; expected "
+                f"one of {sorted(MODEL_SUFFIXES)} (TorchScript or ONNX)",
+                file=str(path),
+            )
+    if kind == "torchscript":
+        return TorchScriptBlackBox(
+            path,
+            device=device,
+            batch_size=batch_size,
+            input_resolution=input_resolution,
+            output=output,
+        )
+    if kind == "onnx":
+        if torch.device(device).type != "cpu":
+            raise DataFormatError(
+                f"ONNX models run on CPU (onnxruntime CPUExecutionProvider); device {device} "
+                "was requested",
+                file=str(path),
+            )
+        return OnnxBlackBox(
+            path, batch_size=batch_size, input_resolution=input_resolution, output=output
+        )
+    raise ValueError(f"kind must be auto, torchscript or onnx, got {kind!r}")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """One hypothesis test; ``p_value``/``statistic`` are NaN when undefined (see ``flag``)."""
+
+    __test__ = False  # not a pytest class
+
+    test: str
+    statistic: float
+    p_value: float
+    log10_p: float
+    df: float | None
+    significant: bool
+    flag: str | None
+    n: int
+    mean_diff: float
+    tau: float
+    alpha: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_pair(a: Any, b: Any, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must be 1-D of equal length, got {x.shape} and {y.shape}"
+        )
+    if len(x) < 2:
+        raise ValueError(f"a paired test needs at least 2 pairs, got {len(x)}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError(f"{names[0]} / {names[1]} contain NaN or inf")
+    return x, y
+
+
+def _check_tau_alpha(tau: float, alpha: float) -> None:
+    if not (math.isfinite(tau) and 0.0 <= tau < 1.0):
+        raise ValueError(f"tau must be in [0, 1), got {tau}")
+    if not (0.0 < alpha <= 1.0):
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+
+
+def t_log10_sf(stat: float, df: float) -> float:
+    """``log10 P(T > stat)`` for Student's t with ``df`` degrees of freedom, without underflow.
+
+    ``scipy.stats.t.logsf`` is used where it is finite; it underflows to ``-inf`` once the tail
+    is below ~1e-308 (``stat`` > ~60 for ``df`` = 1000), and there the tail comes from
+    ``sf = I_x(df/2, 1/2) / 2`` with ``x = df / (df + stat²)`` and
+    ``I_x(a, b) = x^a (1 - x)^b / (a B(a, b)) · 2F1(a + b, 1; a + 1; x)`` (DLMF 8.17.8),
+    evaluated in log space.
+    """
+    if math.isnan(stat):
+        return float("nan")
+    if math.isinf(stat):
+        return -math.inf if stat > 0 else 0.0
+    lv = float(stats.t.logsf(stat, df))
+    if math.isfinite(lv) or stat <= 0:
+        return lv / LN10
+    a, b = df / 2.0, 0.5
+    x = df / (df + stat * stat)
+    if x <= 0.0:
+        return -math.inf
+    log_sf = (
+        math.log(0.5)
+        + a * math.log(x)
+        + b * math.log1p(-x)
+        - math.log(a)
+        - float(special.betaln(a, b))
+        + math.log(float(special.hyp2f1(a + b, 1.0, a + 1.0, x)))
+    )
+    return log_sf / LN10
+
+
+def paired_ttest(
+    p_wm: Sequence[float] | np.ndarray,
+    p_clean: Sequence[float] | np.ndarray,
+    tau: float,
+    alpha: float,
+) -> TestResult:
+    """One-sided paired t-test, H1: ``mean(p_wm - p_clean) > tau`` (DVBW, brief: Tests).
+
+    Computed as ``scipy.stats.ttest_rel(p_wm, p_clean + tau, alternative="greater")``;
+    ``log10_p`` (:func:`t_log10_sf`, from ``t.logsf``) stays finite where ``p`` underflows to 0.
+    Degenerate inputs (differences ``e = p_wm - (p_clean + tau)`` constant to within 16 ulp of
+    the data's scale, where scipy's result is rounding noise):
+
+    - all ``e == 0`` → ``p_value``/``statistic`` NaN, not significant, flag
+      ``nan_identical_samples``;
+    - constant ``e != 0`` → ``statistic = ±inf``, ``p = 0`` (``e > 0``) or ``1``, flag
+      ``constant_differences``, significant iff ``mean(p_wm - p_clean) > tau``.
+    """
+    _check_tau_alpha(tau, alpha)
+    a, b = _check_pair(p_wm, p_clean, ("p_wm", "p_clean"))
+    shifted = b + tau
+    e = a - shifted
+    n = len(a)
+    df = float(n - 1)
+    mean_diff = float(np.mean(a - b))
+    scale = max(1.0, float(np.max(np.abs(a))), float(np.max(np.abs(shifted))))
+    tol = 16.0 * np.finfo(np.float64).eps * scale
+    common = dict(test="paired_t", df=df, n=n, mean_diff=mean_diff, tau=tau, alpha=alpha)
+    if float(np.ptp(e)) <= tol:
+        c = float(np.mean(e))
+        if abs(c) <= tol:
+            nan = float("nan")
+            return TestResult(
+                statistic=nan,
+                p_value=nan,
+                log10_p=nan,
+                significant=False,
+                flag=FLAG_NAN_IDENTICAL,
+                **common,
+            )
+        up = c > 0
+        return TestResult(
+            statistic=math.inf if up else -math.inf,
+            p_value=0.0 if up else 1.0,
+            log10_p=-math.inf if up else 0.0,
+            significant=up,
+            flag=FLAG_CONSTANT,
+            **common,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_rel(a, shifted, alternative="greater")
+    stat = float(res.statistic)
+    p = float(res.pvalue)
+    return TestResult(
+        statistic=stat,
+        p_value=p,
+        log10_p=t_log10_sf(stat, df),
+        significant=bool(p < alpha),
+        flag=None,
+        **common,
+    )
+
+
+@dataclass(frozen=True)
+class HardLabelResult:
+    """Hard-label tests; :attr:`primary` (the Wilcoxon test) decides the verdict."""
+
+    wilcoxon: TestResult
+    binomial: TestResult
+    rate_wm: float
+    rate_clean: float
+
+    @property
+    def primary(self) -> TestResult:
+        return self.wilcoxon
+
+
+def wilcoxon_hard_label(
+    pred_wm: Sequence[int] | np.ndarray,
+    pred_clean: Sequence[int] | np.ndarray,
+    target_class: int,
+    tau: float,
+    alpha: float,
+    zero_method: Literal["wilcox", "pratt", "zsplit"] = "wilcox",
+) -> HardLabelResult:
+    """Hard-label verification (brief: Tests, "Wilcoxon signed-rank or a binomial test").
+
+    Primary (decides the verdict): Wilcoxon signed-rank, alternative ``greater``, on the paired
+    differences ``d_i = 1[f(x'_i) = y_t] - 1[f(x_i) = y_t] - tau`` (the same ``tau``-shifted
+    formulation as :func:`paired_ttest`; ``d`` is computed once so equal pairs tie exactly).
+    Zeros arise only for ``tau = 0`` (unchanged predictions); ``zero_method="wilcox"`` drops
+    them, which makes the test the sign (McNemar) test on the discordant pairs. All-zero
+    differences → NaN p, not significant, flag ``all_zero_differences``.
+
+    Secondary (reported, never decides): exact binomial test (``scipy.stats.binomtest``) of
+    ``k = #{f(x'_i) = y_t}`` among ``m`` against the null rate ``p0 = rate_clean + tau``
+    (clipped to 1, flagged), H1: rate on watermarked images > p0. It treats the clean rate as
+    known, so it is anti-conservative; ``p0 = 0`` is flagged.
+    """
+    _check_tau_alpha(tau, alpha)
+    a, b = _check_pair(pred_wm, pred_clean, ("pred_wm", "pred_clean"))
+    m = len(a)
+    ind_wm = (a == target_class).astype(np.float64)
+    ind_clean = (b == target_class).astype(np.float64)
+    rate_wm = float(ind_wm.mean())
+    rate_clean = float(ind_clean.mean())
+    mean_diff = rate_wm - rate_clean
+    d = (ind_wm - ind_clean) - tau
+    nan = float("nan")
+    if np.all(d == 0.0):
+        wil = TestResult(
+            test="wilcoxon_signed_rank",
+            statistic=nan,
+            p_value=nan,
+            log10_p=nan,
+            df=None,
+            significant=False,
+            flag=FLAG_ALL_ZERO,
+            n=m,
+            mean_diff=mean_diff,
+            tau=tau,
+            alpha=alpha,
+        )
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.wilcoxon(d, zero_method=zero_method, alternative="greater")
+        p = float(res.pvalue)
+        z = getattr(res, "zstatistic", None)
+        if p > 0.0:
+            log10_p = math.log10(p)
+        elif z is not None and math.isfinite(float(z)):
+            log10_p = float(stats.norm.logsf(float(z))) / LN10
+        else:
+            log10_p = -math.inf
+        wil = TestResult(
+            test="wilcoxon_signed_rank",
+            statistic=float(res.statistic),
+            p_value=p,
+            log10_p=log10_p,
+            df=None,
+            significant=bool(p < alpha),
+            flag=None,
+            n=m,
+            mean_diff=mean_diff,
+            tau=tau,
+            alpha=alpha,
+        )
+    k = int(ind_wm.sum())
+    p0 = rate_clean + tau
+    flag: str | None = None
+    if p0 >= 1.0:
+        p0, flag = 1.0, FLAG_BINOM_NULL_CLIPPED
+    elif p0 <= 0.0:
+        flag = FLAG_BINOM_NULL_ZERO
+    bres = stats.binomtest(k, m, p0, alternative="greater")
+    bp = float(bres.pvalue)
+    # log P(X >= k) summed in log space (binom.logsf underflows like t.logsf)
+    with np.errstate(divide="ignore"):
+        blog = float(special.logsumexp(stats.binom.logpmf(np.arange(k, m + 1), m, p0))) / LN10
+    binom = TestResult(
+        test="binomial",
+        statistic=float(bres.statistic),
+        p_value=bp,
+        log10_p=blog,
+        df=None,
+        significant=bool(bp < alpha),
+        flag=flag,
+        n=m,
+        mean_diff=mean_diff,
+        tau=tau,
+        alpha=alpha,
+    )
+    return HardLabelResult(wilcoxon=wil, binomial=binom, rate_wm=rate_wm, rate_clean=rate_clean)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def wsr(
+    pred_labels_wm: Sequence[int] | np.ndarray,
+    target_class: int,
+    true_labels: Sequence[int] | np.ndarray | None = None,
+) -> float:
+    """Watermark success rate: fraction of watermarked non-target images predicted ``y_t``.
+
+    Verification images are non-target by construction; pass ``true_labels`` to restrict the
+    rate to the non-target rows of another set.
+    """
+    pred = np.asarray(pred_labels_wm)
+    if pred.ndim != 1:
+        raise ValueError(f"pred_labels_wm must be 1-D, got shape {pred.shape}")
+    if true_labels is not None:
+        true = np.asarray(true_labels)
+        if true.shape != pred.shape:
+            raise ValueError(f"true_labels shape {true.shape} != predictions {pred.shape}")
+        pred = pred[true != target_class]
+    if len(pred) == 0:
+        raise ValueError("WSR needs at least one watermarked non-target image")
+    return float(np.mean(pred == target_class))
+
+
+def delta_p(p_wm: Sequence[float] | np.ndarray, p_clean: Sequence[float] | np.ndarray) -> float:
+    """ΔP = mean(P(y_t | x') − P(y_t | x)) (brief: Tests)."""
+    a, b = _check_pair(p_wm, p_clean, ("p_wm", "p_clean"))
+    return float(np.mean(a - b))
+
+
+@dataclass(frozen=True)
+class BenignMetrics:
+    """Benign accuracy and AUROC of the suspect on clean test images (brief: Metrics, BA)."""
+
+    accuracy: float
+    auroc: float
+    n: int
+    n_ignored: int
+    flags: list[str] = field(default_factory=list)
+
+
+def benign_metrics(
+    labels: np.ndarray,
+    probs: np.ndarray | None = None,
+    pred: np.ndarray | None = None,
+) -> BenignMetrics:
+    """Accuracy (from ``probs`` argmax or ``pred``) and AUROC (needs ``probs``).
+
+    Rows with label ``-1`` (``medmark.data.labels.IGNORE``) are left out and counted.
+    AUROC uses torchmetrics (binary on ``probs[:, 1]`` for K = 2, macro one-vs-rest for K > 2);
+    it is NaN with flag ``auroc_undefined_single_class`` when fewer than two classes (K > 2:
+    not all K classes) are present, and ``auroc_unavailable_hard_label`` without ``probs``.
+    """
+    from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
+
+    y = np.asarray(labels)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataFormatError(
+            f"test labels must be a 1-D integer array, got {y.dtype} {y.shape}", field="test_labels"
+        )
+    if (probs is None) == (pred is None):
+        raise ValueError("pass exactly one of probs or pred")
+    flags: list[str] = []
+    keep = y >= 0
+    n_ignored = int((~keep).sum())
+    if n_ignored:
+        flags.append(FLAG_TEST_IGNORED)
+    y = y[keep]
+    if probs is not None:
+        pr = np.asarray(probs, dtype=np.float64)[keep]
+        k = pr.shape[1]
+        hat = np.argmax(pr, axis=1)
+    else:
+        pr = None
+        hat = np.asarray(pred)[keep]
+        k = int(max(hat.max(initial=0), y.max(initial=0))) + 1
+    if len(y) == 0:
+        raise DataFormatError("no usable test labels (all are -1)", field="test_labels")
+    if pr is not None and y.max() >= k:
+        raise DataFormatError(
+            f"test label {int(y.max())} out of range for a {k}-class model", field="test_labels"
+        )
+    acc = float(np.mean(hat == y))
+    auroc = float("nan")
+    present = len(np.unique(y))
+    if pr is None:
+        flags.append(FLAG_AUROC_HARD_LABEL)
+    elif present < 2 or (k > 2 and present < k):
+        flags.append(FLAG_AUROC_SINGLE_CLASS)
+    elif k == 2:
+        auroc = float(binary_auroc(torch.from_numpy(pr[:, 1]), torch.from_numpy(y)))
+    else:
+        auroc = float(multiclass_auroc(torch.from_numpy(pr), torch.from_numpy(y), num_classes=k))
+    return BenignMetrics(accuracy=acc, auroc=auroc, n=len(y), n_ignored=n_ignored, flags=flags)
+
+
+# --------------------------------------------------------------------------- verification rows
+
+
+def choose_verification_rows(
+    labels: np.ndarray,
+    splits: np.ndarray,
+    target_class: int,
+    n: int,
+    seed: int,
+    split: str = "verification",
+) -> np.ndarray:
+    """Seeded choice of up to ``n`` non-target-class rows of ``split`` (brief: Tests).
+
+    ``labels`` are task labels (``-1`` = ignored, never chosen); ``splits`` the split names of
+    ``prep/r{res}.h5``. Returns sorted row indices. Fewer than 2 candidates is an error; fewer
+    than ``n`` takes all of them and logs a warning (the caller records ``m``).
+    """
+    y = np.asarray(labels)
+    s = np.asarray(splits)
+    if s.dtype.kind == "S" or s.dtype == object:
+        s = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in s])
+    if y.ndim != 1 or y.shape != s.shape:
+        raise ValueError(f"labels {y.shape} and splits {s.shape} must be 1-D of equal length")
+    if n < 2:
+        raise ValueError(f"n must be >= 2, got {n}")
+    cand = np.flatnonzero((s == split) & (y != target_class) & (y >= 0))
+    if len(cand) < 2:
+        raise DataFormatError(
+            f"only {len(cand)} non-target-class (label != {target_class}) rows in split "
+            f"{split!r}; the paired test needs at least 2",
+            field="splits",
+        )
+    if len(cand) <= n:
+        if len(cand) < n:
+            log.warning(
+                "split %r has %d non-target rows, fewer than the %d requested: taking all",
+                split,
+                len(cand),
+                n,
+            )
+        return cand.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(cand, size=n, replace=False)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- owner directory
+
+
+@dataclass(frozen=True)
+class OwnerVerification:
+    """The owner's verification material (written by the X-Mark release stage).
+
+    ``resolution`` is that of the loaded images; ``meta["resolution"]`` is the generator's.
+    """
+
+    owner_dir: Path
+    verification_file: Path
+    meta: dict[str, Any]
+    target_class: int
+    tau: float
+    alpha: float
+    verify_seed: int
+    method: str
+    resolution: int
+    clean: np.ndarray
+    watermarked: np.ndarray
+    ids: list[str]
+    test_images: np.ndarray | None
+    test_labels: np.ndarray | None
+
+
+OWNER_JSON_KEYS: dict[str, type | tuple[type, ...]] = {
+    "target_class": int,
+    "tau": (int, float),
+    "alpha": (int, float),
+    "verify_seed": int,
+    "method": str,
+    "resolution": int,
+}
+
+
+def _u8_images(ds: Any, path: Path, key: str, resolution: int) -> np.ndarray:
+    arr = ds[()]
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != (resolution, resolution):
+        raise DataFormatError(
+            f"expected uint8 (n, {resolution}, {resolution}), got {arr.dtype} {arr.shape}",
+            file=str(path),
+            field=key,
+        )
+    return (arr.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+
+
+def _read_owner_json(owner_dir: Path) -> dict[str, Any]:
+    jpath = owner_dir / "owner.json"
+    if not jpath.is_file():
+        raise DataFormatError("owner.json missing from the owner directory", file=str(jpath))
+    try:
+        meta = json.loads(jpath.read_text())
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"not valid JSON: {e}", file=str(jpath), row=e.lineno) from e
+    if not isinstance(meta, dict):
+        raise DataFormatError("expected a JSON object", file=str(jpath))
+    for key, typ in OWNER_JSON_KEYS.items():
+        if key not in meta:
+            raise DataFormatError("required key missing", file=str(jpath), field=key)
+        v = meta[key]
+        if isinstance(v, bool) or not isinstance(v, typ):
+            raise DataFormatError(
+                f"expected {getattr(typ, '__name__', typ)}, got {v!r}", file=str(jpath), field=key
+            )
+    if meta["target_class"] < 0:
+        raise DataFormatError("must be >= 0", file=str(jpath), field="target_class")
+    if meta["resolution"] < 1:
+        raise DataFormatError("must be >= 1", file=str(jpath), field="resolution")
+    try:
+        _check_tau_alpha(float(meta["tau"]), float(meta["alpha"]))
+    except ValueError as e:
+        raise DataFormatError(str(e), file=str(jpath), field="tau/alpha") from e
+    return meta
+
+
+def _verification_entry(meta: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The ``owner.json["verification"][res]`` entry whose ``file`` is ``name`` (or empty)."""
+    entries = meta.get("verification")
+    if isinstance(entries, Mapping):
+        for entry in entries.values():
+            if isinstance(entry, Mapping) and entry.get("file") == name:
+                return entry
+    return {}
+
+
+def _resolve_verification_file(
+    owner_dir: Path,
+    meta: Mapping[str, Any],
+    resolution: int | None,
+    verification_file: str | os.PathLike[str] | None,
+) -> Path:
+    if verification_file is not None:
+        return Path(verification_file)
+    if resolution is not None:
+        entries = meta.get("verification")
+        entry = entries.get(str(resolution)) if isinstance(entries, Mapping) else None
+        if isinstance(entry, Mapping) and isinstance(entry.get("file"), str):
+            return owner_dir / entry["file"]
+        return owner_dir / f"verification_r{resolution}.h5"
+    if isinstance(meta.get("verification_file"), str):
+        return owner_dir / meta["verification_file"]
+    return owner_dir / "verification.h5"
+
+
+def load_owner_verification(
+    owner_dir: str | os.PathLike[str],
+    resolution: int | None = None,
+    verification_file: str | os.PathLike[str] | None = None,
+) -> OwnerVerification:
+    """Read ``owner.json`` and a verification HDF5 of an owner directory.
+
+    The HDF5 is ``verification_file`` if given, else the one for ``resolution``
+    (``owner.json["verification"][str(res)]["file"]``, or ``verification_r{res}.h5``), else
+    ``owner.json["verification_file"]`` (the X-Mark release writes one per resolution), else
+    ``verification.h5``. When ``owner.json`` records a sha256 for that file it must match.
+    Content: ``clean``/``watermarked`` uint8 ``(m, R, R)``, ``ids`` str ``(m,)``, optional
+    ``test_images`` uint8 ``(n, R, R)`` with ``test_labels`` int ``(n,)``. Images are returned
+    as float32 ``(N, 1, R, R)``, ``x = u8 / 255``.
+    """
+    import h5py
+
+    from medmark.io import sha256_file
+
+    owner_dir = Path(owner_dir)
+    if not owner_dir.is_dir():
+        raise DataFormatError("owner directory not found", file=str(owner_dir))
+    meta = _read_owner_json(owner_dir)
+    hpath = _resolve_verification_file(owner_dir, meta, resolution, verification_file)
+    if not hpath.is_file():
+        raise DataFormatError(
+            f"verification file {hpath.name} missing (owner.json: verification_file / "
+            "verification)",
+            file=str(hpath),
+        )
+    entry = _verification_entry(meta, hpath.name) if hpath.parent == owner_dir else {}
+    if "sha256" in entry and sha256_file(hpath) != entry["sha256"]:
+        raise DataFormatError(
+            "sha256 differs from the one recorded in owner.json (file changed after release)",
+            file=str(hpath),
+        )
+    try:
+        h5 = h5py.File(hpath, "r")
+    except OSError as e:
+        raise DataFormatError(f"not a readable HDF5 file ({e})", file=str(hpath)) from e
+    with h5:
+        for key in ("clean", "watermarked", "ids"):
+            if key not in h5:
+                raise DataFormatError("required dataset missing", file=str(hpath), field=key)
+        if resolution is not None:
+            res = int(resolution)
+        elif "resolution" in h5.attrs:
+            res = int(h5.attrs["resolution"])
+        elif hpath == owner_dir / "verification.h5":
+            res = int(meta["resolution"])
+        else:
+            res = int(h5["clean"].shape[-1])
+        clean = _u8_images(h5["clean"], hpath, "clean", res)
+        wm = _u8_images(h5["watermarked"], hpath, "watermarked", res)
+        if clean.shape != wm.shape:
+            raise DataFormatError(
+                f"clean {clean.shape[:1]} and watermarked {wm.shape[:1]} differ in length",
+                file=str(hpath),
+                field="watermarked",
+            )
+        if len(clean) < 2:
+            raise DataFormatError(
+                f"{len(clean)} verification images; the paired test needs at least 2",
+                file=str(hpath),
+                field="clean",
+            )
+        try:
+            ids = [str(v) for v in h5["ids"].asstr()[()]]
+        except (TypeError, ValueError) as e:
+            raise DataFormatError(f"expected strings ({e})", file=str(hpath), field="ids") from e
+        if len(ids) != len(clean):
+            raise DataFormatError(
+                f"{len(ids)} ids for {len(clean)} images", file=str(hpath), field="ids"
+            )
+        has_img, has_lab = "test_images" in h5, "test_labels" in h5
+        if has_img != has_lab:
+            missing = "test_labels" if has_img else "test_images"
+            raise DataFormatError(
+                "test_images and test_labels come together; one is missing",
+                file=str(hpath),
+                field=missing,
+            )
+        test_images = test_labels = None
+        if has_img:
+            test_images = _u8_images(h5["test_images"], hpath, "test_images", res)
+            test_labels = h5["test_labels"][()]
+            if not np.issubdtype(test_labels.dtype, np.integer) or test_labels.shape != (
+                len(test_images),
+            ):
+                raise DataFormatError(
+                    f"expected int ({len(test_images)},), got {test_labels.dtype} "
+                    f"{test_labels.shape}",
+                    file=str(hpath),
+                    field="test_labels",
+                )
+            test_labels = test_labels.astype(np.int64)
+    return OwnerVerification(
+        owner_dir=owner_dir,
+        verification_file=hpath,
+        meta=meta,
+        target_class=int(meta["target_class"]),
+        tau=float(meta["tau"]),
+        alpha=float(meta["alpha"]),
+        verify_seed=int(meta["verify_seed"]),
+        method=str(meta["method"]),
+        resolution=res,
+        clean=clean,
+        watermarked=wm,
+        ids=ids,
+        test_images=test_images,
+        test_labels=test_labels,
+    )
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _labels_of(blackbox: BlackBox, images: np.ndarray) -> np.ndarray:
+    pred = np.asarray(blackbox.predict_label(images))
+    if pred.shape != (len(images),) or not np.issubdtype(pred.dtype, np.integer):
+        raise DataFormatError(
+            f"predict_label returned {pred.dtype} {pred.shape}; expected int ({len(images)},)",
+            field="output",
+        )
+    return pred.astype(np.int64)
+
+
+def _proba_of(blackbox: BlackBox, images: np.ndarray, target_class: int) -> np.ndarray:
+    pr = np.asarray(blackbox.predict_proba(images), dtype=np.float64)
+    if pr.ndim != 2 or pr.shape[0] != len(images) or pr.shape[1] < 2:
+        raise DataFormatError(
+            f"predict_proba returned shape {pr.shape}; expected ({len(images)}, K >= 2)",
+            field="output",
+        )
+    if target_class >= pr.shape[1]:
+        raise DataFormatError(
+            f"target class {target_class} out of range for a {pr.shape[1]}-class model",
+            field="target_class",
+        )
+    return pr
+
+
+def verify_suspect(
+    blackbox: BlackBox,
+    clean_images: np.ndarray,
+    watermarked_images: np.ndarray,
+    test_images: np.ndarray | None,
+    test_labels: np.ndarray | None,
+    target_class: int,
+    tau: float,
+    alpha: float,
+    hard_label: bool = False,
+    params: Mapping[str, Any] | None = None,
+    ids: Sequence[str] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Query the suspect with ``x`` and ``x'`` and decide (brief verification.md: Tests).
+
+    Probability mode calls only ``predict_proba`` (labels = argmax); hard-label mode calls only
+    ``predict_label`` (ΔP and AUROC are then NaN, flagged). Returns the summary (every
+    parameter, test result, ΔP, WSR, BA, AUROC, verdict, flags; ``params`` are stored under
+    ``"params"``) and the per-image table from which every number can be recomputed.
+    """
+    _check_tau_alpha(tau, alpha)
+    x = check_images(clean_images, "clean_images")
+    xw = check_images(watermarked_images, "watermarked_images")
+    if x.shape != xw.shape:
+        raise DataFormatError(
+            f"clean {x.shape} and watermarked {xw.shape} images differ in shape",
+            field="watermarked_images",
+        )
+    m = len(x)
+    if m < 2:
+        raise DataFormatError(f"{m} verification images; the paired test needs >= 2")
+    if ids is not None and len(ids) != m:
+        raise DataFormatError(f"{len(ids)} ids for {m} images", field="ids")
+    if (test_images is None) != (test_labels is None):
+        raise ValueError("test_images and test_labels come together")
+    flags: list[str] = []
+    table: dict[str, Any] = {
+        "index": np.arange(m),
+        "id": list(ids) if ids is not None else [str(i) for i in range(m)],
+    }
+    if hard_label:
+        pred_c = _labels_of(blackbox, x)
+        pred_w = _labels_of(blackbox, xw)
+        hres = wilcoxon_hard_label(pred_w, pred_c, target_class, tau, alpha)
+        result = hres.primary
+        dp = float("nan")
+        extra: dict[str, Any] = {
+            "secondary_test": hres.binomial.to_dict(),
+            "target_rate_clean": hres.rate_clean,
+            "target_rate_watermarked": hres.rate_wm,
+        }
+        if hres.binomial.flag:
+            flags.append(hres.binomial.flag)
+    else:
+        pr_c = _proba_of(blackbox, x, target_class)
+        pr_w = _proba_of(blackbox, xw, target_class)
+        p_c, p_w = pr_c[:, target_class], pr_w[:, target_class]
+        pred_c, pred_w = np.argmax(pr_c, axis=1), np.argmax(pr_w, axis=1)
+        result = paired_ttest(p_w, p_c, tau, alpha)
+        dp = delta_p(p_w, p_c)
+        table["p_target_clean"] = p_c
+        table["p_target_watermarked"] = p_w
+        extra = {
+            "mean_p_target_clean": float(p_c.mean()),
+            "mean_p_target_watermarked": float(p_w.mean()),
+        }
+    table["pred_clean"] = pred_c
+    table["pred_watermarked"] = pred_w
+    if result.flag:
+        flags.insert(0, result.flag)
+
+    ba = auroc = float("nan")
+    n_test = 0
+    if test_images is None or len(test_images) == 0:
+        flags.append(FLAG_NO_TEST)
+    else:
+        xt = check_images(test_images, "test_images")
+        yt = np.asarray(test_labels)
+        if yt.shape != (len(xt),):
+            raise DataFormatError(
+                f"{yt.shape} test labels for {len(xt)} test images", field="test_labels"
+            )
+        if hard_label:
+            bm = benign_metrics(yt, pred=_labels_of(blackbox, xt))
+        else:
+            bm = benign_metrics(yt, probs=_proba_of(blackbox, xt, target_class))
+        ba, auroc, n_test = bm.accuracy, bm.auroc, bm.n
+        flags.extend(bm.flags)
+
+    summary: dict[str, Any] = {
+        "verdict": "detected" if result.significant else "not detected",
+        "significant": result.significant,
+        "test": result.test,
+        "hard_label": hard_label,
+        "m": m,
+        "tau": tau,
+        "alpha": alpha,
+        "target_class": target_class,
+        "p_value": result.p_value,
+        "log10_p": result.log10_p,
+        "statistic": result.statistic,
+        "df": result.df,
+        "delta_p": dp,
+        "wsr": wsr(pred_w, target_class),
+        "target_rate_clean_pred": float(np.mean(pred_c == target_class)),
+        "benign_accuracy": ba,
+        "auroc": auroc,
+        "n_test": n_test,
+        "flags": flags,
+        "params": dict(params or {}),
+        **extra,
+    }
+    return summary, pd.DataFrame(table)
+
+
+def json_safe(obj: Any) -> Any:
+    """Recursively convert to strict JSON: NaN → ``None``, ``±inf`` → ``"inf"``/``"-inf"``.
+
+    numpy scalars/arrays and paths become Python values; the summary's ``flags`` explain them.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [json_safe(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_verification(
+    summary: Mapping[str, Any],
+    per_image: pd.DataFrame,
+    summary_json: str | os.PathLike[str],
+    per_image_csv: str | os.PathLike[str],
+) -> None:
+    """Write the per-image CSV and the JSON summary, each atomically (CSV first)."""
+    with atomic_path(per_image_csv) as tmp:
+        per_image.to_csv(tmp, index=False)
+    safe = json_safe(dict(summary))
+    json.dumps(safe, allow_nan=False)  # strict JSON or an error here, never a bad file
+    write_json_atomic(summary_json, safe)

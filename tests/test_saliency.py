@@ -1,0 +1,65 @@
+"""Batched EigenCAM equals the grad-cam library's per-image output; HDF5 layout of the maps."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import EigenCAM
+
+from medmark.models import build_classifier
+from medmark.saliency import EigenCamBatcher, resolve_cam_layer, write_saliency_h5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_classifier("resnet18", seed=0).eval()
+
+
+def test_batched_maps_equal_library_per_image(model):
+    x = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    batched = EigenCamBatcher(model)(x)
+    cam = EigenCAM(model=model, target_layers=[model.net.layer4[-1]])
+    single = np.concatenate([cam(input_tensor=x[i : i + 1], targets=None) for i in range(6)])
+    assert batched.shape == (6, 32, 32)
+    assert batched.min() >= 0.0 and batched.max() <= 1.0 + 1e-6
+    np.testing.assert_allclose(batched, single, atol=1e-4)
+
+
+def test_densenet_default_layer_and_dotted_layer():
+    m = build_classifier("densenet121", seed=0).eval()
+    assert resolve_cam_layer(m, "auto") is m.net.features[-1]
+    assert resolve_cam_layer(m, "net.features.denseblock4") is m.net.features.denseblock4
+    with pytest.raises(ValueError, match="not a module"):
+        resolve_cam_layer(m, "net.nope")
+
+
+def test_write_saliency_h5(tmp_path, model):
+    src = tmp_path / "r32.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(src, "w") as f:
+        f["images"] = rng.integers(0, 256, (5, 32, 32), dtype=np.uint8)
+        f.create_dataset("ids", data=[f"p{i}" for i in range(5)], dtype=h5py.string_dtype())
+    out = tmp_path / "sal.h5"
+    n = write_saliency_h5(
+        src,
+        model,
+        out,
+        target_layer="auto",
+        batch_size=2,
+        device=torch.device("cpu"),
+        provenance={},
+    )
+    assert n == 5
+    with h5py.File(out) as f:
+        assert f["maps"].dtype == np.float16 and f["maps"].shape == (5, 32, 32)
+        assert f["maps"].chunks == (1, 32, 32)
+        assert list(f["ids"].asstr()[:]) == [f"p{i}" for i in range(5)]
+        assert f.attrs["method"] == "eigencam"
+        maps = f["maps"][:].astype(np.float32)
+    ref = EigenCamBatcher(model)(torch.from_numpy(_read(src)).float().div(255).unsqueeze(1))
+    np.testing.assert_allclose(maps, ref, atol=1e-3)  # float16 storage
+
+
+def _read(path):
+    with h5py.File(path) as f:
+        return f["images"][:]

@@ -1,0 +1,465 @@
+"""Black-box adapters and ``medmark verify`` end to end (brief verification.md: Tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from medmark.cli import main, per_image_path
+from medmark.errors import DataFormatError
+from medmark.verify import (
+    FLAG_NO_TEST,
+    BlackBox,
+    OnnxBlackBox,
+    TorchBlackBox,
+    load_blackbox,
+    load_owner_verification,
+    outputs_to_proba,
+    verify_suspect,
+)
+
+torch.set_num_threads(1)
+
+R = 16
+M = 24
+PATCH = 4
+VENV_MEDMARK = Path("/work/main/.venv/bin/medmark")
+
+
+class PatchModel(torch.nn.Module):
+    """Logit of class 1 grows with the brightness of one corner patch over the image mean.
+
+    ``corner="tl"`` reacts to the owner's mark (top-left patch): a 'watermarked' suspect;
+    ``corner="br"`` ignores it: an independent one.
+    """
+
+    def __init__(self, corner: str = "tl", probs: bool = False) -> None:
+        super().__init__()
+        self.top = corner == "tl"
+        self.probs = probs
+        self.k = PATCH
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.k
+        patch = x[:, :, :k, :k] if self.top else x[:, :, -k:, -k:]
+        z = 20.0 * (patch.mean(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3))) - 1.0
+        logits = torch.stack([torch.zeros_like(z), z], dim=1)
+        return torch.softmax(logits, dim=1) if self.probs else logits
+
+
+class FlatModel(torch.nn.Module):
+    """Output of shape (N,): not class scores."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3))
+
+
+class FixedSizeModel(torch.nn.Module):
+    """Needs exactly (N, 1, 8, 8) input (a linear layer on the flattened image)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(64, 2)
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(x.shape))
+        return self.fc(x.flatten(1))
+
+
+def _mark(u8: np.ndarray) -> np.ndarray:
+    out = u8.astype(np.int16)
+    out[:, :PATCH, :PATCH] += 50
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def owner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An owner directory as the X-Mark release stage writes it (verification.md contract)."""
+    d = tmp_path_factory.mktemp("owner")
+    rng = np.random.default_rng(0)
+    clean = rng.integers(60, 140, (M, R, R), dtype=np.uint8)
+    n_test = 20
+    test = rng.integers(60, 140, (n_test, R, R), dtype=np.uint8)
+    test_labels = np.array([0, 1] * (n_test // 2), dtype=np.int64)
+    test[test_labels == 1] = _mark(test[test_labels == 1])  # 'finding' = bright top-left
+    owner = {
+        "target_class": 1,
+        "tau": 0.2,
+        "alpha": 0.01,
+        "verify_seed": 7,
+        "method": "xmark",
+        "resolution": R,
+        "epsilon": 0.0314,
+    }
+    (d / "owner.json").write_text(json.dumps(owner))
+    with h5py.File(d / "verification.h5", "w") as h5:
+        h5["clean"] = clean
+        h5["watermarked"] = _mark(clean)
+        h5.create_dataset(
+            "ids",
+            data=[f"patient{i:05d}/study1/view1_frontal" for i in range(M)],
+            dtype=h5py.string_dtype(),
+        )
+        h5["test_images"] = test
+        h5["test_labels"] = test_labels
+    return d
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    out: dict[str, Path] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit / legacy ONNX exporter deprecation notes
+        for name, model in {
+            "marked_probs": PatchModel("tl", probs=True),
+            "indep_probs": PatchModel("br", probs=True),
+            "marked_logits": PatchModel("tl", probs=False),
+            "flat": FlatModel(),
+        }.items():
+            out[name] = d / f"{name}.pt"
+            torch.jit.script(model).save(str(out[name]))
+        out["marked_onnx"] = d / "marked_logits.onnx"
+        torch.onnx.export(
+            PatchModel("tl", probs=False),
+            (torch.rand(2, 1, R, R),),
+            str(out["marked_onnx"]),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+        )
+    out["state_dict"] = d / "state_dict.pt"
+    torch.save(PatchModel().state_dict(), out["state_dict"])
+    return out
+
+
+def _images(n: int, res: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, res, res), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def test_torch_blackbox_softmax_and_protocol() -> None:
+    model = PatchModel("tl")
+    bb = TorchBlackBox(model, batch_size=5)
+    assert isinstance(bb, BlackBox)
+    x = _images(12, R)
+    probs = bb.predict_proba(x)
+    assert probs.shape == (12, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+    ref = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-6)
+    np.testing.assert_array_equal(bb.predict_label(x), ref.argmax(axis=1))
+
+
+def test_torch_blackbox_resizes_to_input_resolution() -> None:
+    model = FixedSizeModel()
+    x = _images(6, 32)
+    bb = TorchBlackBox(model, batch_size=4, input_resolution=8)
+    probs = bb.predict_proba(x)
+    assert set(model.seen) == {(4, 1, 8, 8), (2, 1, 8, 8)}
+    small = F.interpolate(
+        torch.from_numpy(x), size=(8, 8), mode="bilinear", antialias=True, align_corners=False
+    )
+    with torch.no_grad():
+        ref = torch.softmax(model(small), dim=1).numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-6)
+
+
+def test_torch_blackbox_wrong_input_size_names_the_contract() -> None:
+    bb = TorchBlackBox(FixedSizeModel())
+    with pytest.raises(DataFormatError, match=r"\(N, 1, H, W\) with values in \[0, 1\]") as ei:
+        bb.predict_proba(_images(3, 16))
+    assert "(3, 1, 16, 16)" in str(ei.value)
+
+
+def test_blackbox_rejects_bad_images() -> None:
+    bb = TorchBlackBox(PatchModel())
+    with pytest.raises(DataFormatError, match="shape"):
+        bb.predict_proba(np.zeros((2, R, R), np.float32))
+    with pytest.raises(DataFormatError, match="dtype float64"):
+        bb.predict_proba(np.zeros((2, 1, R, R)))
+    with pytest.raises(DataFormatError, match="values in"):
+        bb.predict_proba(np.full((2, 1, R, R), 255.0, np.float32))
+
+
+class TupleModel(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = x.mean(dim=(1, 2, 3))
+        return z, z
+
+
+def test_torch_blackbox_non_tensor_output() -> None:
+    with pytest.raises(DataFormatError, match="model returned tuple; expected one tensor"):
+        TorchBlackBox(TupleModel()).predict_proba(_images(2, R))
+
+
+def test_output_checks() -> None:
+    with pytest.raises(DataFormatError, match=r"shape \(4,\).*expected \(N, K\)"):
+        outputs_to_proba(np.zeros(4), 4, "probs")
+    with pytest.raises(DataFormatError, match=r"shape \(4, 1\)"):
+        outputs_to_proba(np.zeros((4, 1)), 4, "logits")
+    logits = np.array([[0.0, 2.0], [1.0, -3.0]])
+    with pytest.raises(DataFormatError, match=r"values in \[-3, 2\].*--output logits"):
+        outputs_to_proba(logits, 2, "probs")
+    with pytest.raises(DataFormatError, match=r"row sums in \[0.5, 0.5\]"):
+        outputs_to_proba(np.full((2, 2), 0.25), 2, "probs")
+    soft = outputs_to_proba(logits, 2, "logits")
+    np.testing.assert_allclose(soft, np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    probs = np.array([[0.3, 0.7], [0.9995, 0.0]])  # sums within 1e-3 pass unchanged
+    np.testing.assert_array_equal(outputs_to_proba(probs, 2, "probs"), probs)
+    with pytest.raises(DataFormatError, match="NaN"):
+        outputs_to_proba(np.array([[np.nan, 1.0]]), 1, "logits")
+
+
+def test_load_blackbox_formats(models: dict[str, Path]) -> None:
+    x = _images(5, R)
+    ref = TorchBlackBox(PatchModel("tl")).predict_proba(x)
+    ts = load_blackbox(models["marked_probs"])
+    np.testing.assert_allclose(ts.predict_proba(x), ref, atol=1e-6)
+    onnx = load_blackbox(models["marked_onnx"], output="logits")
+    assert isinstance(onnx, OnnxBlackBox)
+    np.testing.assert_allclose(onnx.predict_proba(x), ref, atol=1e-5)
+    with pytest.raises(DataFormatError, match="not a TorchScript archive"):
+        load_blackbox(models["state_dict"])
+    with pytest.raises(DataFormatError, match="extension '.bin'"):
+        load_blackbox(models["marked_probs"].with_suffix(".bin"))
+    with pytest.raises(DataFormatError, match=r"declares input 'x' of shape \['n', 1, 16, 16\]"):
+        onnx.predict_proba(_images(2, 8))
+    resized = load_blackbox(models["marked_onnx"], output="logits", input_resolution=R)
+    assert resized.predict_proba(_images(2, 32)).shape == (2, 2)
+
+
+# --------------------------------------------------------------------------- verify_suspect
+
+
+def test_verify_suspect_in_memory(owner_dir: Path) -> None:
+    ov = load_owner_verification(owner_dir)
+    assert ov.clean.dtype == np.float32 and ov.clean.shape == (M, 1, R, R)
+    assert ov.ids[0] == "patient00000/study1/view1_frontal"
+    assert ov.clean.max() <= 1.0 and ov.target_class == 1 and ov.verify_seed == 7
+    bb = TorchBlackBox(PatchModel("tl"))
+    summary, table = verify_suspect(
+        bb, ov.clean, ov.watermarked, None, None, 1, 0.2, 0.01, params={"seed": 3}, ids=ov.ids
+    )
+    assert summary["verdict"] == "detected" and summary["m"] == M
+    assert summary["params"] == {"seed": 3}
+    assert FLAG_NO_TEST in summary["flags"] and math.isnan(summary["benign_accuracy"])
+    ref = stats.ttest_rel(
+        table["p_target_watermarked"], table["p_target_clean"] + 0.2, alternative="greater"
+    )
+    assert summary["p_value"] == pytest.approx(float(ref.pvalue), rel=1e-12)
+    assert summary["delta_p"] == pytest.approx(
+        float((table["p_target_watermarked"] - table["p_target_clean"]).mean())
+    )
+    assert summary["wsr"] == pytest.approx(float((table["pred_watermarked"] == 1).mean()))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _verify(tmp_path: Path, model: Path, owner_dir: Path, *extra: str) -> tuple[int, Path]:
+    out = tmp_path / "verdict.json"
+    rc = main(
+        ["verify", "--model", str(model), "--owner-dir", str(owner_dir), "--out", str(out), *extra]
+    )
+    return rc, out
+
+
+def test_cli_torchscript_watermarked_is_detected(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out = _verify(tmp_path, models["marked_probs"], owner_dir)
+    assert rc == 0
+    assert capsys.readouterr().out.startswith("detected: paired_t p=")
+    summary = json.loads(out.read_text())
+    assert summary["verdict"] == "detected" and summary["significant"] is True
+    assert summary["m"] == M and summary["tau"] == 0.2 and summary["alpha"] == 0.01
+    assert summary["params"]["verify_seed"] == 7 and summary["params"]["method"] == "xmark"
+    assert summary["delta_p"] > 0.5 and summary["wsr"] > 0.9
+    assert summary["benign_accuracy"] == 1.0 and summary["auroc"] == 1.0
+    assert summary["n_test"] == 20 and summary["flags"] == []
+    # every number can be recomputed from the per-image table beside the verdict
+    table = pd.read_csv(per_image_path(out))
+    assert len(table) == M and table["id"][0] == "patient00000/study1/view1_frontal"
+    ref = stats.ttest_rel(
+        table["p_target_watermarked"], table["p_target_clean"] + 0.2, alternative="greater"
+    )
+    assert summary["p_value"] == float(ref.pvalue)
+    assert summary["statistic"] == float(ref.statistic)
+    assert summary["log10_p"] == pytest.approx(math.log10(ref.pvalue), rel=1e-9)
+
+
+def test_cli_independent_is_not_detected(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path]
+) -> None:
+    rc, out = _verify(tmp_path, models["indep_probs"], owner_dir)
+    assert rc == 0
+    summary = json.loads(out.read_text())
+    assert summary["verdict"] == "not detected" and summary["p_value"] > 0.5
+    assert abs(summary["delta_p"]) < 0.1
+
+
+def test_cli_onnx_logits(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out = _verify(tmp_path, models["marked_onnx"], owner_dir, "--output", "logits")
+    assert rc == 0
+    summary = json.loads(out.read_text())
+    assert summary["verdict"] == "detected" and summary["params"]["output"] == "logits"
+    capsys.readouterr()
+    rc, _ = _verify(tmp_path / "p", models["marked_onnx"], owner_dir)  # logits read as probs
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "does not look like probabilities" in err and "--output logits" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "p" / "verdict.json").exists()
+
+
+def test_cli_hard_label(tmp_path: Path, owner_dir: Path, models: dict[str, Path]) -> None:
+    rc, out = _verify(
+        tmp_path, models["marked_logits"], owner_dir, "--output", "logits", "--hard-label"
+    )
+    assert rc == 0
+    summary = json.loads(out.read_text())
+    assert summary["test"] == "wilcoxon_signed_rank" and summary["verdict"] == "detected"
+    assert summary["delta_p"] is None and summary["auroc"] is None
+    assert "auroc_unavailable_hard_label" in summary["flags"]
+    assert summary["secondary_test"]["test"] == "binomial"
+    table = pd.read_csv(per_image_path(out))
+    assert "p_target_clean" not in table.columns
+    assert summary["wsr"] == pytest.approx(float((table["pred_watermarked"] == 1).mean()))
+
+
+def test_cli_bad_inputs_exit_2(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, _ = _verify(tmp_path, models["flat"], owner_dir)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"shape ({M},)" in err and "expected (N, K)" in err
+    rc, _ = _verify(tmp_path, models["state_dict"], owner_dir)
+    assert rc == 2 and "not a TorchScript archive" in capsys.readouterr().err
+    rc, _ = _verify(tmp_path, models["marked_probs"], tmp_path / "nowhere")
+    assert rc == 2 and "owner directory not found" in capsys.readouterr().err
+    broken = tmp_path / "broken_owner"
+    broken.mkdir()
+    meta = json.loads((owner_dir / "owner.json").read_text())
+    del meta["tau"]
+    (broken / "owner.json").write_text(json.dumps(meta))
+    rc, _ = _verify(tmp_path, models["marked_probs"], broken)
+    err = capsys.readouterr().err
+    assert rc == 2 and "owner.json" in err and "'tau'" in err
+    meta["tau"] = 0.2
+    (broken / "owner.json").write_text(json.dumps(meta))
+    rc, _ = _verify(tmp_path, models["marked_probs"], broken)
+    assert rc == 2 and "verification file verification.h5 missing" in capsys.readouterr().err
+    with h5py.File(broken / "verification.h5", "w") as h5:
+        h5["clean"] = np.zeros((3, R, R), np.uint8)
+        h5["watermarked"] = np.zeros((3, R, R), np.uint8)
+    rc, _ = _verify(tmp_path, models["marked_probs"], broken)
+    err = capsys.readouterr().err
+    assert rc == 2 and "verification.h5" in err and "'ids'" in err
+    rc, _ = _verify(tmp_path, models["marked_probs"], owner_dir, "--alpha", "0")
+    assert rc == 2 and "alpha" in capsys.readouterr().err
+
+
+def _write_verification_h5(path: Path, res: int, n_test: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(60, 140, (M, res, res), dtype=np.uint8)
+    with h5py.File(path, "w") as h5:
+        h5["clean"] = clean
+        h5["watermarked"] = _mark(clean)
+        h5.create_dataset("ids", data=[f"id{i}" for i in range(M)], dtype=h5py.string_dtype())
+        h5["test_images"] = np.zeros((n_test, res, res), np.uint8)
+        h5["test_labels"] = np.zeros(n_test, np.int64)
+        h5.attrs["resolution"] = res
+
+
+def test_cli_release_layout_per_resolution(
+    tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The X-Mark release writes ``verification_r{res}.h5`` per resolution, named in owner.json."""
+    from medmark.io import sha256_file
+
+    d = tmp_path / "owner"
+    d.mkdir()
+    _write_verification_h5(d / "verification_r16.h5", R, n_test=0, seed=1)
+    _write_verification_h5(d / "verification_r32.h5", 32, n_test=0, seed=2)
+    meta = {
+        "target_class": 1,
+        "tau": 0.2,
+        "alpha": 0.01,
+        "verify_seed": 0,
+        "method": "xmark",
+        "resolution": R,
+        "verification_file": "verification_r16.h5",
+        "verification": {
+            str(r): {
+                "file": f"verification_r{r}.h5",
+                "sha256": sha256_file(d / f"verification_r{r}.h5"),
+            }
+            for r in (R, 32)
+        },
+    }
+    (d / "owner.json").write_text(json.dumps(meta))
+    ov = load_owner_verification(d)
+    assert ov.verification_file.name == "verification_r16.h5" and ov.resolution == R
+    ov32 = load_owner_verification(d, resolution=32)
+    assert ov32.clean.shape == (M, 1, 32, 32)
+    # the suspect takes 16 x 16: the 32 x 32 images are resized for it (scale experiments)
+    rc, out = _verify(
+        tmp_path, models["marked_probs"], d, "--resolution", "32", "--input-resolution", str(R)
+    )
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads(out.read_text())
+    assert summary["verdict"] == "detected" and summary["params"]["resolution"] == 32
+    assert "no_test_images" in summary["flags"] and summary["n_test"] == 0  # empty test set
+    # a verification file changed after release is refused
+    with h5py.File(d / "verification_r16.h5", "a") as h5:
+        h5.attrs["tampered"] = 1
+    rc, _ = _verify(tmp_path, models["marked_probs"], d)
+    err = capsys.readouterr().err
+    assert rc == 2 and "sha256 differs" in err and "verification_r16.h5" in err
+
+
+def test_console_script(tmp_path: Path, owner_dir: Path, models: dict[str, Path]) -> None:
+    assert VENV_MEDMARK.is_file(), "console script missing: pip install -e /work/main --no-deps"
+    out = tmp_path / "v.json"
+    proc = subprocess.run(
+        [
+            str(VENV_MEDMARK),
+            "verify",
+            "--model",
+            str(models["indep_probs"]),
+            "--owner-dir",
+            str(owner_dir),
+            "--out",
+            str(out),
+            "--tau",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("not detected:")
+    summary = json.loads(out.read_text())
+    assert summary["tau"] == 0.1 and summary["params"]["tau_source"] == "--tau"
+    assert (tmp_path / "v.per_image.csv").is_file()
