@@ -9,7 +9,40 @@ include: "rules/saliency.smk"
 include: "rules/xmark.smk"
 include: "rules/suspects.smk"
 include: "rules/verify.smk"
+include: "rules/attacks.smk"
 include: "rules/report.smk"
+
+
+# Light rules run on the login node under --profile slurm (no sbatch round trip).
+localrules:
+    all,
+    data_all,
+    xmark_all,
+    verify_all,
+    report_all,
+    attacks,
+    ablations,
+    ingest,
+    splits,
+    report_tables,
+    report_pvalues,
+    report_examples,
+    report_attacks,
+    report_poison_curve,
+    xmark_quality_table,
+
+
+from medmark.cluster import (
+    check_cache_collisions,
+    check_slurm_env,
+)  # after common.smk: src/ on path
+
+
+onstart:
+    # Under --profile slurm: stop with a clear message when sbatch or the account is missing.
+    check_slurm_env(workflow.executor_plugin.name, os.environ)
+    # Snakemake's cache key ignores wildcard values: refuse two cached jobs sharing one key.
+    check_cache_collisions(workflow)
 
 
 rule all:

@@ -26,7 +26,10 @@ import json
 import math
 import os
 import platform
+import resource
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,64 +41,94 @@ from medmark.data.chexpert import parse_chexpert_csv
 from medmark.data.h5 import H5Images
 from medmark.data.preprocess import load_resized, preprocess_to_h5
 from medmark.data.splits import patient_splits
-from medmark.data.synthetic import DATASET_DIR, generate_dataset
+from medmark.data.synthetic import DATASET_DIR, STAMP_FILE, generate_dataset
 from medmark.io import write_json_atomic
 
 SPLIT_FRACTIONS = {"release": 0.55, "verification": 0.1, "independent": 0.2, "test": 0.15}
 BATCH = 32
 
 
+def _frontal(root: Path) -> pd.DataFrame:
+    """Frontal rows of the metadata table of a generated tree (empty if there is none)."""
+    if not (root / STAMP_FILE).exists():
+        return pd.DataFrame({"view": []})
+    parts = [
+        parse_chexpert_csv(root / DATASET_DIR / f"{name}.csv", root, name).metadata
+        for name in ("train", "valid")
+    ]
+    meta = pd.concat(parts, ignore_index=True)
+    return meta[meta["view"] == "Frontal"]
+
+
 def _dataset(workdir: Path, n_images: int, seed: int, gen_workers: int) -> tuple[Path, Path, Path]:
-    """Synthetic tree + metadata.csv/splits.csv of the first ``n_images`` frontal images."""
+    """Synthetic tree (reused if it has enough frontal images) + metadata.csv/splits.csv of
+    exactly its first ``n_images`` frontal images."""
     root = workdir / "synthetic"
-    meta_csv, splits_csv = workdir / "metadata.csv", workdir / "splits.csv"
-    if meta_csv.exists() and splits_csv.exists() and len(pd.read_csv(meta_csv)) >= n_images:
-        return root, meta_csv, splits_csv
-    n_patients = math.ceil(n_images / 1.1)  # bench preset: ~1.3 frontal images per patient
-    while True:
+    frontal = _frontal(root)
+    n_patients = math.ceil(n_images / 1.1)  # bench preset: ~1.25 frontal images per patient
+    while len(frontal) < n_images:
         t0 = time.perf_counter()
         generate_dataset(
             root, preset="bench", seed=seed, n_patients=n_patients, workers=gen_workers
         )
-        parts = [
-            parse_chexpert_csv(root / DATASET_DIR / f"{name}.csv", root, name).metadata
-            for name in ("train", "valid")
-        ]
-        meta = pd.concat(parts, ignore_index=True)
-        frontal = meta[meta["view"] == "Frontal"]
+        frontal = _frontal(root)
         print(
-            f"generated {len(meta)} images ({len(frontal)} frontal) of {n_patients} patients "
+            f"generated {len(frontal)} frontal images of {n_patients} patients "
             f"in {time.perf_counter() - t0:.0f} s"
         )
-        if len(frontal) >= n_images:
-            break
         n_patients = math.ceil(n_patients * 1.2 * n_images / max(len(frontal), 1))
     meta = frontal.iloc[:n_images].reset_index(drop=True)
+    meta_csv, splits_csv = workdir / "metadata.csv", workdir / "splits.csv"
     meta.to_csv(meta_csv, index=False)
     patient_splits(meta, SPLIT_FRACTIONS, seed).to_csv(splits_csv, index=False)
     return root, meta_csv, splits_csv
 
 
-def _rate(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else float("inf")
+@dataclass
+class Timing:
+    """Wall and CPU seconds (this process + its joined children) of ``n`` images."""
+
+    n: int
+    wall: float
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.wall if self.wall > 0 else float("inf")
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1e3 * self.cpu / self.n
 
 
-def _naive(paths: list[Path], out_dir: Path, res: int) -> float:
+def _cpu() -> float:
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed(fn: Callable[[], int]) -> Timing:
+    c0, t0 = _cpu(), time.perf_counter()
+    n = fn()
+    return Timing(n, time.perf_counter() - t0, _cpu() - c0)
+
+
+def _naive(paths: list[Path], out_dir: Path, res: int) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     for i, p in enumerate(paths):
         with Image.open(p) as im:
             im.load()
             im.convert("L").resize((res, res), Image.Resampling.LANCZOS).save(out_dir / f"{i}.png")
-    return _rate(len(paths), time.perf_counter() - t0)
+    return len(paths)
 
 
-def _bare(paths: list[Path]) -> float:
-    t0 = time.perf_counter()
+def _bare(paths: list[Path]) -> int:
     for p in paths:
         with Image.open(p) as im:
             im.load()
-    return _rate(len(paths), time.perf_counter() - t0)
+    return len(paths)
 
 
 def _jpeg_item(path: Path, res: int, draft: bool) -> torch.Tensor:
@@ -104,17 +137,19 @@ def _jpeg_item(path: Path, res: int, draft: bool) -> torch.Tensor:
     else:
         with Image.open(path) as im:
             im.load()
-            u8 = np.asarray(im.convert("L").resize((res, res), Image.Resampling.LANCZOS))
+            u8 = np.array(im.convert("L").resize((res, res), Image.Resampling.LANCZOS))
     return torch.from_numpy(u8).float().div_(255).unsqueeze(0)
 
 
-def _reads(batches: list[np.ndarray], fetch) -> float:
-    t0 = time.perf_counter()
+def _reads(batches: list[np.ndarray], fetch: Callable[[np.ndarray], list[torch.Tensor]]) -> int:
     n = 0
     for idx in batches:
-        x = torch.stack(fetch(idx))
-        n += x.shape[0]
-    return _rate(n, time.perf_counter() - t0)
+        n += torch.stack(fetch(idx)).shape[0]
+    return n
+
+
+def _line(label: str, t: Timing) -> None:
+    print(f"{label:46s}: {t.rate:8.1f} images/s  ({t.cpu_ms:5.2f} CPU-ms/image)")
 
 
 def _verdict(value: float, target: float) -> str:
@@ -135,7 +170,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
     root, meta_csv, splits_csv = _dataset(workdir, args.n_images, args.seed, args.gen_workers)
-    meta = pd.read_csv(meta_csv).iloc[: args.n_images]
+    meta = pd.read_csv(meta_csv)
     paths = [root / p for p in meta["path"]]
     sizes = np.array([[w, h] for w, h in zip(meta["width"], meta["height"], strict=True)])
     for p in paths:  # warm the page cache so every variant reads from memory
@@ -146,56 +181,79 @@ def main() -> None:
         f"{sum(p.stat().st_size for p in paths) / n / 1024:.0f} KiB each; resolution {res}"
     )
 
-    naive = _naive(paths, workdir / "naive_png", res)
-    print(f"(a) naive PIL open->LANCZOS->PNG, 1 process : {naive:8.1f} images/s")
-    bare = _bare(paths)
-    print(f"(c) bare JPEG decode, 1 process            : {bare:8.1f} images/s")
+    load_before = os.getloadavg()
+    naive = _timed(lambda: _naive(paths, workdir / "naive_png", res))
+    _line("(a) naive PIL open->LANCZOS->PNG, 1 process", naive)
+    bare = _timed(lambda: _bare(paths))
+    _line("(c) bare JPEG decode, 1 process", bare)
     workers = inspect.signature(preprocess_to_h5).parameters["workers"].default
     out_h5 = workdir / f"r{res}.h5"
-    t0 = time.perf_counter()
-    stats = preprocess_to_h5(
-        meta_csv,
-        splits_csv,
-        root,
-        res,
-        out_h5,
-        workdir / f"r{res}.quarantine.csv",
-        provenance={
-            "source_sha256": "benchmark",
-            "config_hash": "benchmark",
-            "created_by": "benchmarks/preprocess.py",
-        },
-        workers=workers,
-    )
-    pipeline = _rate(stats["n_written"], time.perf_counter() - t0)
-    print(f"(b) preprocess_to_h5, {workers} workers           : {pipeline:8.1f} images/s")
+    provenance = {
+        "source_sha256": "-",
+        "config_hash": "-",
+        "created_by": "benchmarks/preprocess.py",
+    }
+    stats: dict = {}
+
+    def run_pipeline() -> int:
+        stats.update(
+            preprocess_to_h5(
+                meta_csv,
+                splits_csv,
+                root,
+                res,
+                out_h5,
+                workdir / f"r{res}.quarantine.csv",
+                provenance=provenance,
+                workers=workers,
+            )
+        )
+        return int(stats["n_written"])
+
+    pipeline = _timed(run_pipeline)
+    _line(f"(b) preprocess_to_h5, {workers} workers", pipeline)
     print(f"    HDF5 size {out_h5.stat().st_size / 2**20:.1f} MiB ({stats['n_written']} images)")
 
     rng = np.random.default_rng(args.seed)
     batches = [rng.choice(n, size=min(BATCH, n), replace=False) for _ in range(args.read_batches)]
+    few = batches[: max(1, len(batches) // 3)]  # JPEG reads are slow: fewer batches
     ds = H5Images(out_h5)
     ds.__getitems__([0])  # open the handle outside the timing, as a DataLoader worker would
-    h5_reads = _reads(batches, lambda idx: [x for x, _ in ds.__getitems__(idx.tolist())])
-    jpeg_reads = _reads(
-        batches[: max(1, len(batches) // 3)],
-        lambda idx: [_jpeg_item(paths[i], res, False) for i in idx],
-    )
-    draft_reads = _reads(
-        batches[: max(1, len(batches) // 3)],
-        lambda idx: [_jpeg_item(paths[i], res, True) for i in idx],
-    )
     print(f"random batches of {BATCH}, 1 process:")
-    print(f"    HDF5 (H5Images.__getitems__)           : {h5_reads:8.1f} images/s")
-    print(f"    JPEG tree, full decode + LANCZOS       : {jpeg_reads:8.1f} images/s")
-    print(f"    JPEG tree, DCT draft + LANCZOS (ref.)  : {draft_reads:8.1f} images/s")
+    h5_reads = _timed(
+        lambda: _reads(batches, lambda i: [x for x, _ in ds.__getitems__(i.tolist())])
+    )
+    _line("    HDF5 (H5Images.__getitems__)", h5_reads)
+    jpeg_reads = _timed(
+        lambda: _reads(few, lambda i: [_jpeg_item(paths[k], res, False) for k in i])
+    )
+    _line("    JPEG tree, full decode + LANCZOS", jpeg_reads)
+    draft_reads = _timed(
+        lambda: _reads(few, lambda i: [_jpeg_item(paths[k], res, True) for k in i])
+    )
+    _line("    JPEG tree, DCT draft + LANCZOS (reference)", draft_reads)
+    load_after = os.getloadavg()
+    print(
+        f"load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
+        f"{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} "
+        f"on {os.cpu_count()} CPUs (other load slows the 2-worker pipeline most)"
+    )
 
     checks = {
-        "b/a (pipeline / naive) >= 4": (pipeline / naive, 4.0),
-        "b/c (pipeline / bare decode) >= 0.7": (pipeline / bare, 0.7),
-        "HDF5 reads / JPEG reads >= 5": (h5_reads / jpeg_reads, 5.0),
+        "b/a (pipeline / naive) >= 4": (pipeline.rate / naive.rate, 4.0),
+        "b/c (pipeline / bare decode) >= 0.7": (pipeline.rate / bare.rate, 0.7),
+        "HDF5 reads / JPEG reads >= 5": (h5_reads.rate / jpeg_reads.rate, 5.0),
     }
     for name, (value, target) in checks.items():
         print(f"{_verdict(value, target)}  {name}: {value:.2f}")
+    timings = {
+        "naive": naive,
+        "pipeline": pipeline,
+        "bare_decode": bare,
+        "read_h5": h5_reads,
+        "read_jpeg": jpeg_reads,
+        "read_jpeg_draft": draft_reads,
+    }
     write_json_atomic(
         workdir / "results.json",
         {
@@ -203,14 +261,9 @@ def main() -> None:
             "resolution": res,
             "workers": workers,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "images_per_s": {
-                "naive": naive,
-                "pipeline": pipeline,
-                "bare_decode": bare,
-                "read_h5": h5_reads,
-                "read_jpeg": jpeg_reads,
-                "read_jpeg_draft": draft_reads,
-            },
+            "load_average": {"before": load_before, "after": load_after},
+            "images_per_s": {k: t.rate for k, t in timings.items()},
+            "cpu_ms_per_image": {k: t.cpu_ms for k, t in timings.items()},
             "checks": {
                 k: {"value": v, "target": t, "pass": v >= t} for k, (v, t) in checks.items()
             },

@@ -17,12 +17,12 @@ rule report_tables:
             category="Verification",
             labels={"variant": "{variant}", "what": "table scenario x arch"},
         ),
-    params:
-        alpha=lambda wc: vcfg(wc.variant)["verify"]["alpha"],
     log:
         logf("{variant}/report/tables"),
     conda:
         conda_env()
+    params:
+        alpha=lambda wc: vcfg(wc.variant)["verify"]["alpha"],
     script:
         "../scripts/report_tables.py"
 
@@ -37,12 +37,12 @@ rule report_pvalues:
             category="Verification",
             labels={"variant": "{variant}", "what": "p-values per scenario"},
         ),
-    params:
-        alpha=lambda wc: vcfg(wc.variant)["verify"]["alpha"],
     log:
         logf("{variant}/report/pvalues"),
     conda:
         conda_env()
+    params:
+        alpha=lambda wc: vcfg(wc.variant)["verify"]["alpha"],
     script:
         "../scripts/report_pvalues.py"
 
@@ -60,19 +60,56 @@ rule report_examples:
             category="Release",
             labels={"variant": "{variant}", "what": "watermarked examples"},
         ),
-    params:
-        n=4,
-        amplify=10,
     log:
         logf("{variant}/report/examples"),
     conda:
         conda_env()
+    params:
+        n=4,
+        amplify=10,
     script:
         "../scripts/report_examples.py"
 
 
+rule report_poison_curve:
+    input:
+        summaries=poison_curve_inputs,
+    output:
+        csv="results/report/wsr_vs_poison.csv",
+        png=report(
+            "results/report/wsr_vs_poison.png",
+            caption="../report/poison_curve.rst",
+            category="Verification",
+            labels={"what": "WSR vs poisoning rate"},
+        ),
+    log:
+        logf("report/poison_curve"),
+    conda:
+        conda_env()
+    params:
+        rates={v: vcfg(v)["release"]["poison_rate"] for v in POISON_VARIANTS},
+        alpha=config["verify"]["alpha"],
+    script:
+        "../scripts/report_poison_curve.py"
+
+
 rule report_all:
     input:
+        "results/report/wsr_vs_poison.png",
         "results/main/report/verification.md",
         "results/main/report/pvalues.png",
         "results/main/report/examples.png",
+
+
+for _name in ALL_ABLATIONS:
+
+    rule:
+        name:
+            f"ablation_{_name}"
+        input:
+            ablation_targets(_name),
+
+
+rule ablations:
+    input:
+        [ablation_targets(n) for n in ALL_ABLATIONS],

@@ -8,6 +8,17 @@ rule surrogate:
         model="results/surrogate/{arch}_r{sres}/model.pt",
         history="results/surrogate/{arch}_r{sres}/history.csv",
         metrics="results/surrogate/{arch}_r{sres}/metrics.json",
+    log:
+        logf("surrogate/{arch}_r{sres}"),
+    cache: "omit-software"
+    conda:
+        conda_env()
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=lambda wc, attempt: 60 * attempt,
+        gpu=1,
+        cpus_per_gpu=2,
     params:
         arch=lambda wc: wc.arch,
         task=config["task"],
@@ -16,19 +27,6 @@ rule surrogate:
         input_resolution=lambda wc: int(wc.sres),
         device=config["device"],
         last="results/surrogate/{arch}_r{sres}/last.pt",
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=lambda wc, attempt: 60 * attempt,
-        gpu=1,
-        cpus_per_gpu=2,
-    log:
-        logf("surrogate/{arch}_r{sres}"),
-    benchmark:
-        cbench("surrogate/{arch}_r{sres}")
-    conda:
-        conda_env()
-    cache: CACHE
     script:
         "../scripts/train_surrogate.py"
 
@@ -39,22 +37,20 @@ rule saliency:
         model="results/surrogate/{arch}_r{sres}/model.pt",
     output:
         h5="results/saliency/{arch}_r{sres}/r{res}.h5",
-    params:
-        target_layer=config["saliency"]["target_layer"],
-        batch_size=config["saliency"]["batch_size"],
-        device=config["device"],
+    log:
+        logf("saliency/{arch}_r{sres}/r{res}"),
+    cache: "omit-software"
+    conda:
+        conda_env()
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=1,
         cpus_per_gpu=2,
-    log:
-        logf("saliency/{arch}_r{sres}/r{res}"),
-    benchmark:
-        cbench("saliency/{arch}_r{sres}/r{res}")
-    conda:
-        conda_env()
-    cache: CACHE
+    params:
+        target_layer=config["saliency"]["target_layer"],
+        batch_size=config["saliency"]["batch_size"],
+        device=config["device"],
     script:
         "../scripts/saliency.py"

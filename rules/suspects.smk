@@ -2,18 +2,6 @@
 # watermarked release of a variant; Ind-M and Ind-D never see a watermark, so they are shared by
 # every variant and keyed by their resolutions only.
 
-SUSPECT_RELEASE = {"Malicious": "owner", "Ind-W": "indep"}
-CLEAN_SPLIT = {"Ind-M": "release", "Ind-D": "independent"}
-
-
-def suspect_resources():
-    return {
-        "mem_mb": 8000,
-        "runtime": lambda wc, attempt: 120 * attempt,
-        "gpu": 1,
-        "cpus_per_gpu": 2,
-    }
-
 
 rule suspect_watermarked:
     input:
@@ -23,8 +11,17 @@ rule suspect_watermarked:
         model="results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/model.pt",
         history="results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/history.csv",
         metrics="results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/metrics.json",
+    log:
+        logf("{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}"),
+    benchmark:
+        bench("{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}")
     wildcard_constraints:
         scenario="Malicious|Ind-W",
+    conda:
+        conda_env()
+    threads: 2
+    resources:
+        **suspect_resources(),
     params:
         task=config["task"],
         train_cfg=lambda wc: vcfg(wc.variant)["suspects"]["train"],
@@ -33,16 +30,11 @@ rule suspect_watermarked:
         device=config["device"],
         last="results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/last.pt",
         split=None,
-        meta=lambda wc: {"scenario": wc.scenario, "variant": wc.variant, "method": wc.method},
-    threads: 2
-    resources:
-        **suspect_resources(),
-    log:
-        logf("{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}"),
-    benchmark:
-        bench("{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}")
-    conda:
-        conda_env()
+        meta=lambda wc: {
+            "scenario": wc.scenario,
+            "variant": wc.variant,
+            "method": wc.method,
+        },
     script:
         "../scripts/train_suspect.py"
 
@@ -55,6 +47,14 @@ rule suspect_clean:
         model="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}/model.pt",
         history="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}/history.csv",
         metrics="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}/metrics.json",
+    log:
+        logf("clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}"),
+    cache: "omit-software"
+    conda:
+        conda_env()
+    threads: 2
+    resources:
+        **suspect_resources(),
     params:
         task=config["task"],
         train_cfg=config["suspects"]["train"],
@@ -64,24 +64,5 @@ rule suspect_clean:
         last="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}/last.pt",
         split=lambda wc: CLEAN_SPLIT[wc.clean_scenario],
         meta=lambda wc: {"scenario": wc.clean_scenario},
-    threads: 2
-    resources:
-        **suspect_resources(),
-    log:
-        logf("clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}"),
-    benchmark:
-        cbench("clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}")
-    conda:
-        conda_env()
-    cache: CACHE
     script:
         "../scripts/train_suspect.py"
-
-
-def suspect_model(variant, method, scenario, arch, seed):
-    """Path of a suspect model for any scenario (the clean ones are shared across variants)."""
-    c = vcfg(variant)
-    if scenario in CLEAN_SPLIT:
-        res, dres = c["suspects"]["resolution"], suspect_data_res(c)
-        return f"results/clean_suspects/{scenario}/{arch}/r{res}_from{dres}/seed{seed}/model.pt"
-    return f"results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/model.pt"

@@ -1,6 +1,7 @@
 """Snakemake wrapper: decode, filter frontal views, resize and store one resolution in HDF5."""
 
 import json
+from pathlib import Path
 
 from medmark import __version__
 from medmark.data.preprocess import preprocess_to_h5
@@ -9,7 +10,7 @@ from medmark.logs import script_logging
 
 p = snakemake.params
 with script_logging(snakemake.log[0]) as log:
-    manifest = json.loads(open(snakemake.input.manifest).read())
+    manifest = json.loads(Path(snakemake.input.manifest).read_text())
     stats = preprocess_to_h5(
         snakemake.input.metadata,
         snakemake.input.splits,

@@ -6,4 +6,9 @@ from medmark.report import collect_summaries, scenario_table, verification_markd
 with script_logging(snakemake.log[0]):
     tidy = collect_summaries(snakemake.input.summaries)
     table = scenario_table(tidy, snakemake.params.alpha)
-    write_table(tidy, snakemake.output.csv, snakemake.output.md, verification_markdown(table, snakemake.params.alpha))
+    write_table(
+        tidy,
+        snakemake.output.csv,
+        snakemake.output.md,
+        verification_markdown(table, snakemake.params.alpha),
+    )

@@ -5,12 +5,13 @@ from medmark.stages.verification import run_verification, suspect_blackbox
 
 p = snakemake.params
 with script_logging(snakemake.log[0]):
-    blackbox = suspect_blackbox(snakemake.input.model, device=p.device, input_resolution=p.input_resolution)
-    if p.attack != "none":
+    blackbox = suspect_blackbox(
+        snakemake.input.model, device=p.device, input_resolution=p.input_resolution
+    )
+    if p.query_attack != "none":
         from medmark.attacks import apply_query_attack
-        from medmark.attacks.spec import parse_attack
 
-        blackbox = apply_query_attack(parse_attack(p.attack), blackbox)
+        blackbox = apply_query_attack(p.query_attack, blackbox)
     run_verification(
         blackbox=blackbox,
         owner_json=snakemake.input.owner,

@@ -90,7 +90,9 @@ def test_columns_in_other_order_are_accepted(root: Path) -> None:
     cols = list(CHEXPERT_COLUMNS)
     perm = [cols.index(c) for c in [*cols[5:], *cols[:5]]]
     rows = [",".join(r.split(",")[i] for i in perm) for r in ROWS]
-    m = parse_chexpert_csv(_write_csv(root, rows, ",".join(cols[i] for i in perm)), root, "train").metadata
+    m = parse_chexpert_csv(
+        _write_csv(root, rows, ",".join(cols[i] for i in perm)), root, "train"
+    ).metadata
     assert m.iloc[0]["Pleural Effusion"] == -1.0 and m.iloc[1]["view"] == "Lateral"
 
 
@@ -111,7 +113,11 @@ def test_wrong_column_set_lists_missing_and_unexpected(root: Path) -> None:
     with pytest.raises(DataFormatError) as e:
         parse_chexpert_csv(_write_csv(root, ROWS, header), root, "train")
     msg = str(e.value)
-    assert "line 1" in msg and "missing ['Pleural Effusion']" in msg and "unexpected ['Effusion']" in msg
+    assert (
+        "line 1" in msg
+        and "missing ['Pleural Effusion']" in msg
+        and "unexpected ['Effusion']" in msg
+    )
 
 
 def test_row_with_wrong_field_count(root: Path) -> None:
@@ -123,9 +129,15 @@ def test_row_with_wrong_field_count(root: Path) -> None:
     ("path", "what"),
     [
         ("CheXpert-v1.0-small/train/../../../etc/passwd", "escapes the dataset root"),
-        ("../CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "escapes the dataset root"),
+        (
+            "../CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+            "escapes the dataset root",
+        ),
         ("/etc/CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "absolute path"),
-        ("C:/data/CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "absolute path"),
+        (
+            "C:/data/CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+            "absolute path",
+        ),
         ("CheXpert-v1.0-small/train/p1/s1/view1_frontal.jpg", "does not match"),
     ],
 )
@@ -145,7 +157,10 @@ def test_bad_view_and_ap_pa(root: Path) -> None:
     with pytest.raises(DataFormatError, match="line 2.*'AP/PA'"):
         parse_chexpert_csv(_write_csv(root, bad), root, "train")
     ok = [ROWS[0].replace(",Frontal,", ", Frontal ,")]
-    assert parse_chexpert_csv(_write_csv(root, ok), root, "train").metadata.iloc[0]["view"] == "Frontal"
+    assert (
+        parse_chexpert_csv(_write_csv(root, ok), root, "train").metadata.iloc[0]["view"]
+        == "Frontal"
+    )
 
 
 def test_duplicate_path(root: Path) -> None:
@@ -158,7 +173,11 @@ def test_missing_image_error_or_quarantine(root: Path) -> None:
     csv_path = _write_csv(root, ROWS)
     with pytest.raises(DataFormatError) as e:
         parse_chexpert_csv(csv_path, root, "train")
-    assert "line 3" in str(e.value) and "missing image file" in str(e.value) and "view2_lateral.jpg" in str(e.value)
+    assert (
+        "line 3" in str(e.value)
+        and "missing image file" in str(e.value)
+        and "view2_lateral.jpg" in str(e.value)
+    )
     res = parse_chexpert_csv(csv_path, root, "train", on_bad_image="skip")
     assert len(res.metadata) == 2
     q = res.quarantine
@@ -174,7 +193,10 @@ def test_truncated_or_corrupt_header(root: Path, keep: int) -> None:
     with pytest.raises(DataFormatError, match="line 4.*unreadable image header"):
         parse_chexpert_csv(csv_path, root, "train")
     res = parse_chexpert_csv(csv_path, root, "train", on_bad_image="skip")
-    assert list(res.metadata["image_id"]) == ["patient00001/study1/view1_frontal", "patient00001/study1/view2_lateral"]
+    assert list(res.metadata["image_id"]) == [
+        "patient00001/study1/view1_frontal",
+        "patient00001/study1/view2_lateral",
+    ]
     assert list(res.quarantine["line"]) == [4]
 
 
@@ -199,7 +221,10 @@ def test_box_csv(tmp_path: Path) -> None:
     )
     b = parse_chexpert_boxes(p)
     assert list(b.columns) == ["image_id", "finding", "x", "y", "w", "h"]
-    assert list(b["image_id"]) == ["patient00001/study1/view1_frontal", "patient00009/study1/view1_frontal"]
+    assert list(b["image_id"]) == [
+        "patient00001/study1/view1_frontal",
+        "patient00009/study1/view1_frontal",
+    ]
     assert b.iloc[0][["x", "y", "w", "h"]].tolist() == [1.5, 2.0, 10.0, 12.25]
     p.write_text(p.read_text().replace("10,12.25", "-3,12.25"))
     with pytest.raises(DataFormatError, match="line 2.*non-positive"):

@@ -52,8 +52,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
+        srv.bytes_sent += len(body)  # counted before the write: the client may finish first
         self.wfile.write(body)
-        srv.bytes_sent += len(body)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -108,7 +108,9 @@ def test_http_download_ok(server: ThreadingHTTPServer, payload: bytes, tmp_path:
     assert len(server.requests) == 1
 
 
-def test_http_wrong_sha_leaves_nothing(server: ThreadingHTTPServer, payload: bytes, tmp_path: Path) -> None:
+def test_http_wrong_sha_leaves_nothing(
+    server: ThreadingHTTPServer, payload: bytes, tmp_path: Path
+) -> None:
     dest = tmp_path / "chexpert.zip"
     wrong = "0" * 64
     with pytest.raises(DataFormatError) as e:
@@ -119,7 +121,9 @@ def test_http_wrong_sha_leaves_nothing(server: ThreadingHTTPServer, payload: byt
     assert list(tmp_path.iterdir()) == []
 
 
-def test_http_resume_uses_range(server: ThreadingHTTPServer, payload: bytes, tmp_path: Path) -> None:
+def test_http_resume_uses_range(
+    server: ThreadingHTTPServer, payload: bytes, tmp_path: Path
+) -> None:
     dest = tmp_path / "chexpert.zip"
     half = len(payload) // 2
     (tmp_path / "chexpert.zip.part").write_bytes(payload[:half])
@@ -129,7 +133,9 @@ def test_http_resume_uses_range(server: ThreadingHTTPServer, payload: bytes, tmp
     assert server.bytes_sent == len(payload) - half
 
 
-def test_http_server_ignoring_range_restarts(server: ThreadingHTTPServer, payload: bytes, tmp_path: Path) -> None:
+def test_http_server_ignoring_range_restarts(
+    server: ThreadingHTTPServer, payload: bytes, tmp_path: Path
+) -> None:
     server.ignore_range = True
     dest = tmp_path / "chexpert.zip"
     (tmp_path / "chexpert.zip.part").write_bytes(payload[:100])
@@ -137,7 +143,9 @@ def test_http_server_ignoring_range_restarts(server: ThreadingHTTPServer, payloa
     assert dest.read_bytes() == payload
 
 
-def test_http_error_keeps_part(server: ThreadingHTTPServer, payload: bytes, tmp_path: Path) -> None:
+def test_http_connection_error_is_reported(
+    server: ThreadingHTTPServer, payload: bytes, tmp_path: Path
+) -> None:
     server.shutdown()
     server.server_close()
     with pytest.raises(RuntimeError, match="download of http://127.0.0.1"):
@@ -165,7 +173,15 @@ def test_stage_and_ingest_chexpert_from_url(
 ) -> None:
     cfg = {"url": _url(server), "sha256": _sha(payload)}
     work = tmp_path / "work"
-    out = {k: tmp_path / "data" / f for k, f in (("m", "metadata.csv"), ("b", "boxes.csv"), ("j", "ingest.json"), ("q", "quarantine.csv"))}
+    out = {
+        k: tmp_path / "data" / f
+        for k, f in (
+            ("m", "metadata.csv"),
+            ("b", "boxes.csv"),
+            ("j", "ingest.json"),
+            ("q", "quarantine.csv"),
+        )
+    }
     ingest("chexpert", cfg, work, out["m"], out["b"], out["j"], out["q"], "error")
     root = work / "chexpert"
     assert (root / DS / "train.csv").read_bytes() == (dataset / DS / "train.csv").read_bytes()
@@ -187,11 +203,20 @@ def test_missing_chexpert_explains_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError) as e:
         stage_dataset("chexpert", {"dir": None, "url": None, "sha256": None}, tmp_path)
     msg = str(e.value)
-    for needle in ("data.chexpert.dir", "data.chexpert.url", "data.chexpert.sha256", "stanfordaimi", "CheXpert-v1.0-small/"):
+    for needle in (
+        "data.chexpert.dir",
+        "data.chexpert.url",
+        "data.chexpert.sha256",
+        "stanfordaimi",
+        "CheXpert-v1.0-small/",
+    ):
         assert needle in msg, needle
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataFormatError, match=r"no CheXpert-v1.0-small/ or CheXpert-v1.0/ with train.csv and valid.csv in .*empty"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"no CheXpert-v1.0-small/ or CheXpert-v1.0/ with train.csv and valid.csv in .*empty",
+    ):
         stage_dataset("chexpert", {"dir": str(empty)}, tmp_path)
     with pytest.raises(DataFormatError, match="does not exist"):
         stage_dataset("chexpert", {"dir": str(tmp_path / "nope")}, tmp_path)
@@ -254,8 +279,16 @@ def test_ingest_synthetic_outputs(tmp_path: Path) -> None:
     root = (work / "synthetic").resolve()
     man = json.loads(j.read_text())
     assert man["root"] == str(root) and man["source"] == "synthetic"
-    assert man["source_config"] == {"preset": "tiny", "seed": 0, "generator_version": synthetic.GENERATOR_VERSION}
-    assert set(man["csv_sha256"]) == {f"{DS}/train.csv", f"{DS}/valid.csv", f"{DS}/{synthetic.BOX_CSV}"}
+    assert man["source_config"] == {
+        "preset": "tiny",
+        "seed": 0,
+        "generator_version": synthetic.GENERATOR_VERSION,
+    }
+    assert set(man["csv_sha256"]) == {
+        f"{DS}/train.csv",
+        f"{DS}/valid.csv",
+        f"{DS}/{synthetic.BOX_CSV}",
+    }
     for rel, sha in man["csv_sha256"].items():
         assert sha256_file(root / rel) == sha
     meta = read_metadata(m)
@@ -271,9 +304,13 @@ def test_ingest_synthetic_outputs(tmp_path: Path) -> None:
     assert set(boxes["image_id"]) <= set(meta["image_id"])
     assert not [p for p in work.iterdir() if p.name.startswith(".")]  # no temp files left
     # blank labels stay blank and -1 stays -1 through the CSV round trip
-    raw = pd.concat([pd.read_csv(root / DS / f) for f in ("train.csv", "valid.csv")], ignore_index=True)
+    raw = pd.concat(
+        [pd.read_csv(root / DS / f) for f in ("train.csv", "valid.csv")], ignore_index=True
+    )
     pd.testing.assert_series_equal(
-        raw["Pleural Effusion"].rename(None), meta["Pleural Effusion"].rename(None), check_index=False
+        raw["Pleural Effusion"].rename(None),
+        meta["Pleural Effusion"].rename(None),
+        check_index=False,
     )
     # second ingest reuses the generated dataset
     mtime = (root / DS / "train.csv").stat().st_mtime_ns
@@ -316,7 +353,10 @@ def test_ingest_nih(tmp_path: Path) -> None:
     m, b, j, q = _outs(out)
     ingest("nih", {"dir": str(nih)}, out, m, b, j, q, "error")
     meta = read_metadata(m)
-    assert meta.iloc[0]["Pleural Effusion"] == 1.0 and meta.iloc[0]["path"] == "images/sub/00000001_000.png"
+    assert (
+        meta.iloc[0]["Pleural Effusion"] == 1.0
+        and meta.iloc[0]["path"] == "images/sub/00000001_000.png"
+    )
     assert (meta.iloc[0]["width"], meta.iloc[0]["height"]) == (30, 20)
     assert list(json.loads(j.read_text())["csv_sha256"]) == ["Data_Entry_2017.csv"]
     assert pd.read_csv(b).empty

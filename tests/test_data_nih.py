@@ -44,7 +44,9 @@ def nih(tmp_path: Path) -> Path:
         "00000002_000.png,Nodule,3,4,5,6,,,\n"
         "00000002_000.png,Infiltrate,1,1,2,2,,,\n"
     )
-    (tmp_path / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000002_000.png\n")
+    (tmp_path / "train_val_list.txt").write_text(
+        "00000001_000.png\n00000001_001.png\n00000002_000.png\n"
+    )
     (tmp_path / "test_list.txt").write_text("00000003_000.png\n")
     return tmp_path
 
@@ -69,7 +71,11 @@ def test_nih_metadata_and_label_mapping(nih: Path) -> None:
     assert c["Lung Lesion"] == 1.0 and math.isnan(c["Lung Opacity"]) and c["age"] == 81
     assert c["sex"] == "Female"
     d = m.loc["00000003_000"]  # Hernia is ignored: no mapped positive, but not "No Finding"
-    assert d["No Finding"] == 0.0 and d["source_split"] == "test" and d["path"] == "images_002/00000003_000.png"
+    assert (
+        d["No Finding"] == 0.0
+        and d["source_split"] == "test"
+        and d["path"] == "images_002/00000003_000.png"
+    )
     assert all((d[o] == 0.0) or math.isnan(d[o]) for o in OBSERVATIONS)
 
 
@@ -81,16 +87,22 @@ def test_nih_boxes(nih: Path) -> None:
 
 
 def test_nih_unknown_finding(nih: Path) -> None:
-    (nih / "Data_Entry_2017.csv").write_text("\n".join([ENTRY_HEADER, *ENTRIES[:2], ENTRIES[2].replace("Mass", "Flu")]))
+    (nih / "Data_Entry_2017.csv").write_text(
+        "\n".join([ENTRY_HEADER, *ENTRIES[:2], ENTRIES[2].replace("Mass", "Flu")])
+    )
     with pytest.raises(DataFormatError, match=r"line 4.*'Finding Labels'.*'Flu'"):
         parse_nih(nih)
 
 
 def test_nih_bad_view_and_columns(nih: Path) -> None:
-    (nih / "Data_Entry_2017.csv").write_text("\n".join([ENTRY_HEADER, ENTRIES[0].replace(",PA,", ",LL,")]))
+    (nih / "Data_Entry_2017.csv").write_text(
+        "\n".join([ENTRY_HEADER, ENTRIES[0].replace(",PA,", ",LL,")])
+    )
     with pytest.raises(DataFormatError, match=r"line 2.*'View Position'"):
         parse_nih(nih)
-    (nih / "Data_Entry_2017.csv").write_text("\n".join([ENTRY_HEADER.replace("Patient ID", "PID"), ENTRIES[0]]))
+    (nih / "Data_Entry_2017.csv").write_text(
+        "\n".join([ENTRY_HEADER.replace("Patient ID", "PID"), ENTRIES[0]])
+    )
     with pytest.raises(DataFormatError, match=r"missing \['Patient ID'\], unexpected \['PID'\]"):
         parse_nih(nih)
 

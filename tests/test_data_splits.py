@@ -22,7 +22,9 @@ def _metadata(n_patients: int = 200, seed: int = 0) -> pd.DataFrame:
                     {
                         "image_id": f"patient{p:05d}/study{s + 1}/view1_{view}",
                         "patient": f"patient{p:05d}",
-                        "Pleural Effusion": 1.0 if positive and s == 0 else (np.nan if rng.random() < 0.5 else 0.0),
+                        "Pleural Effusion": 1.0
+                        if positive and s == 0
+                        else (np.nan if rng.random() < 0.5 else 0.0),
                     }
                 )
     return pd.DataFrame(rows)

@@ -16,7 +16,9 @@ from medmark.data.chexpert import CHEXPERT_COLUMNS
 from medmark.data.labels import OBSERVATIONS
 
 DS = "CheXpert-v1.0-small"
-FILE_RE = re.compile(r"^CheXpert-v1\.0-small/(train|valid)/patient\d{5}/study\d+/view\d+_(frontal|lateral)\.jpg$")
+FILE_RE = re.compile(
+    r"^CheXpert-v1\.0-small/(train|valid)/patient\d{5}/study\d+/view\d+_(frontal|lateral)\.jpg$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,10 @@ def test_box_csv_nih_layout(tiny: dict[str, Path]) -> None:
     lines = (root / DS / S.BOX_CSV).read_text().splitlines()
     assert lines[0] == "Image Index,Finding Label,Bbox [x,y,w,h],,,"
     frontal = {
-        r["Path"]: r for s in ("train", "valid") for r in _rows(root, s)[1] if r["Frontal/Lateral"] == "Frontal"
+        r["Path"]: r
+        for s in ("train", "valid")
+        for r in _rows(root, s)[1]
+        if r["Frontal/Lateral"] == "Frontal"
     }
     findings = set()
     for line in lines[1:]:
@@ -121,7 +126,7 @@ def test_box_csv_nih_layout(tiny: dict[str, Path]) -> None:
         assert path in frontal
         assert frontal[path][finding] in ("1.0", "-1.0")  # a box only where the finding is drawn
         with Image.open(root / path) as im:
-            assert 0 <= x and 0 <= y and w > 0 and h > 0
+            assert x >= 0 and y >= 0 and w > 0 and h > 0
             assert x + w <= im.width + 1e-6 and y + h <= im.height + 1e-6
         findings.add(finding)
     assert {"Pleural Effusion", "Cardiomegaly", "Lung Opacity"} <= findings
@@ -133,7 +138,9 @@ def _box_mean_ratio(img: np.ndarray, box: tuple[float, ...]) -> float:
     return float(region.mean() / img.mean())
 
 
-def test_effusion_brighter_in_positive_boxes_than_same_region_in_negatives(tiny: dict[str, Path]) -> None:
+def test_effusion_brighter_in_positive_boxes_than_same_region_in_negatives(
+    tiny: dict[str, Path],
+) -> None:
     root = tiny["a"]
     pos, rel, negs = [], [], []
     for p in S.plan_dataset("tiny", 0):
@@ -225,3 +232,9 @@ def test_n_patients_override_and_errors(tmp_path: Path) -> None:
         S.generate_dataset(tmp_path, "huge", 0)
     with pytest.raises(ValueError, match="n_patients"):
         S.plan_dataset("tiny", 0, n_patients=1)
+
+
+def test_workers_do_not_change_bytes(tmp_path: Path) -> None:
+    one = S.generate_dataset(tmp_path / "one", "tiny", 5, n_patients=5, workers=1)
+    two = S.generate_dataset(tmp_path / "two", "tiny", 5, n_patients=5, workers=2)
+    assert _files(one) == _files(two)

@@ -25,6 +25,15 @@ def test_batched_maps_equal_library_per_image(model):
     np.testing.assert_allclose(batched, single, atol=1e-4)
 
 
+def test_auto_layer_keeps_a_spatial_map_at_small_resolutions(model):
+    assert resolve_cam_layer(model, "auto", 224) is model.net.layer4[-1]  # 7x7 map
+    assert resolve_cam_layer(model, "auto", 64) is model.net.layer2[-1]  # 8x8 (layer4 is 2x2)
+    assert resolve_cam_layer(model, "auto", 128) is model.net.layer3[-1]  # 8x8
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    maps = EigenCamBatcher(model, resolution=64)(x)
+    assert all(m.max() - m.min() > 0.5 for m in maps)  # not a constant map
+
+
 def test_densenet_default_layer_and_dotted_layer():
     m = build_classifier("densenet121", seed=0).eval()
     assert resolve_cam_layer(m, "auto") is m.net.features[-1]
@@ -56,7 +65,9 @@ def test_write_saliency_h5(tmp_path, model):
         assert list(f["ids"].asstr()[:]) == [f"p{i}" for i in range(5)]
         assert f.attrs["method"] == "eigencam"
         maps = f["maps"][:].astype(np.float32)
-    ref = EigenCamBatcher(model)(torch.from_numpy(_read(src)).float().div(255).unsqueeze(1))
+    ref = EigenCamBatcher(model, resolution=32)(
+        torch.from_numpy(_read(src)).float().div(255).unsqueeze(1)
+    )
     np.testing.assert_allclose(maps, ref, atol=1e-3)  # float16 storage
 
 

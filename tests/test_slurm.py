@@ -50,10 +50,22 @@ from medmark.cluster import (  # noqa: E402
 START = REPO / "tests" / "slurm" / "start-local-slurm.sh"
 STOP = REPO / "tests" / "slurm" / "stop-local-slurm.sh"
 CANNOT_RUN_DAEMONS = 77
-SLURM_TARGETS = ["data_all"]
+SLURM_TARGETS = ["data_all", "results/saliency/resnet18_r32/r32.h5"]
 """Targets of the real pipeline run both locally and through Slurm (ingest + preprocess)."""
 TINY_PRESET = "config/presets/tiny.yaml"
 TOY_EXPECTED_SUMMARY = "1\n1\n4\n1\n4\n9\n"
+
+
+def _show(config: pytest.Config, text: str) -> None:
+    """Print to the terminal although pytest captures output: CI logs must carry the evidence."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print(text, flush=True)
+
+
+def _slurm_evidence(title: str, elapsed: float, log: str) -> str:
+    lines = re.findall(r"^Job \d+ has been submitted with SLURM jobid.*$", log, re.MULTILINE)
+    return "\n".join([f"\n{title}: {elapsed:.1f} s, {len(lines)} sbatch submissions", *lines])
 
 
 def _toy_copy(dst: Path) -> Path:
@@ -225,7 +237,7 @@ def test_real_run_without_slurm_says_why(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def local_slurm() -> Iterator[dict[str, str]]:
+def local_slurm(pytestconfig: pytest.Config) -> Iterator[dict[str, str]]:
     """Start the one-node Slurm (or reuse one the start script already started) and stop, by
     PID, the daemons this session started. Exit 77 (this machine cannot run the daemons) skips
     with the script's reason; any other failure fails under ``CI=true`` and otherwise skips
@@ -237,7 +249,7 @@ def local_slurm() -> Iterator[dict[str, str]]:
     )
     elapsed = time.monotonic() - t0
     out = proc.stdout + proc.stderr
-    print(f"\n{START.name} exited {proc.returncode} after {elapsed:.1f} s:\n{out}")
+    _show(pytestconfig, f"\n{START.name} exited {proc.returncode} after {elapsed:.1f} s:\n{out}")
     if proc.returncode == CANNOT_RUN_DAEMONS:
         pytest.skip(f"local Slurm: {out.strip()}")
     if proc.returncode != 0:
@@ -256,7 +268,9 @@ def local_slurm() -> Iterator[dict[str, str]]:
             stop = subprocess.run(
                 ["bash", str(STOP)], capture_output=True, text=True, timeout=120, check=False
             )
-            print(f"{STOP.name} exited {stop.returncode}:\n{stop.stdout}{stop.stderr}")
+            _show(
+                pytestconfig, f"\n{STOP.name} exited {stop.returncode}:\n{stop.stdout}{stop.stderr}"
+            )
 
 
 def _slurm_env(info: dict[str, str]) -> dict[str, str]:
@@ -277,7 +291,9 @@ def _scontrol_job(job_id: int) -> str:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_toy_workflow_through_slurm(local_slurm: dict[str, str], tmp_path: Path) -> None:
+def test_toy_workflow_through_slurm(
+    local_slurm: dict[str, str], tmp_path: Path, pytestconfig: pytest.Config
+) -> None:
     """Every non-local toy job goes through sbatch (job ids, per-job Slurm logs, scontrol shows
     the GPU gres on the GPU rule only); the localrule runs in Snakemake; outputs = local run."""
     work = _toy_copy(tmp_path / "slurm")
@@ -289,9 +305,7 @@ def test_toy_workflow_through_slurm(local_slurm: dict[str, str], tmp_path: Path)
     log = proc.stdout
     assert proc.returncode == 0, log
     subs = submissions(log)
-    print(f"\ntoy workflow through Slurm: {elapsed:.1f} s, {len(subs)} sbatch submissions")
-    for line in re.findall(r"^Job \d+ has been submitted with SLURM jobid.*$", log, re.M):
-        print(line)
+    _show(pytestconfig, _slurm_evidence("toy workflow through Slurm", elapsed, log))
 
     headers = rule_headers(log)
     assert sorted(r for local, r in headers if not local) == ["gpu_square"] * 3 + ["numbers"] * 3
@@ -308,7 +322,8 @@ def test_toy_workflow_through_slurm(local_slurm: dict[str, str], tmp_path: Path)
 
     for slurm_id in by_rule["gpu_square"]:
         job = _scontrol_job(slurm_id)
-        print(f"scontrol show job {slurm_id}: " + " ".join(re.findall(r"\S*Tres\S*", job)))
+        tres = " ".join(re.findall(r"\S*Tres\S*", job))
+        _show(pytestconfig, f"scontrol show job {slurm_id} (gpu_square): {tres}")
         assert "TresPerJob=gres:gpu:1" in job and "JobState=COMPLETED" in job, job
         assert f"Partition={local_slurm['MEDMARK_SLURM_PARTITION']}" in job
     for slurm_id in by_rule["numbers"]:
@@ -328,7 +343,7 @@ def test_toy_workflow_through_slurm(local_slurm: dict[str, str], tmp_path: Path)
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_tiny_preset_through_slurm_equals_local(
-    local_slurm: dict[str, str], tmp_path: Path
+    local_slurm: dict[str, str], tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
     """Issue 6 item 2: the tiny preset through ``snakemake --profile slurm`` against the local
     Slurm; every non-local job went through sbatch, outputs equal a local run's."""
@@ -336,11 +351,14 @@ def test_tiny_preset_through_slurm_equals_local(
     assert not missing, f"the pipeline is not complete yet: missing {missing}"
     preset = [*SLURM_TARGETS, "--configfile", TINY_PRESET]  # targets first: nargs="+"
 
-    local = copy_workflow(REPO, tmp_path / "local", WORKFLOW_ENTRIES)
-    local_proc = run_snakemake(["--cores", "2", *preset], local, timeout=600)
+    # One checkout, two executors: the local run's results/ is set aside, then the same
+    # directory runs through Slurm (paths recorded in provenance files are then identical).
+    work = copy_workflow(REPO, tmp_path / "checkout", WORKFLOW_ENTRIES)
+    local_proc = run_snakemake(["--cores", "2", *preset], work, timeout=600)
     assert local_proc.returncode == 0, local_proc.stdout
+    (work / "results").rename(work / "results.local")
+    shutil.rmtree(work / ".snakemake")
 
-    work = copy_workflow(REPO, tmp_path / "slurm", WORKFLOW_ENTRIES)
     t0 = time.monotonic()
     proc = run_snakemake(
         ["--profile", "slurm", *preset], work, env=_slurm_env(local_slurm), timeout=600
@@ -349,12 +367,10 @@ def test_tiny_preset_through_slurm_equals_local(
     log = proc.stdout
     assert proc.returncode == 0, log
     subs = submissions(log)
-    print(f"\ntiny preset through Slurm: {elapsed:.1f} s, {len(subs)} sbatch submissions")
-    for line in re.findall(r"^Job \d+ has been submitted with SLURM jobid.*$", log, re.M):
-        print(line)
+    _show(pytestconfig, _slurm_evidence("tiny preset through Slurm", elapsed, log))
     remote_jobs = [rule for local_rule, rule in rule_headers(log) if not local_rule]
     assert remote_jobs, "no job ran through Slurm"
     assert len(subs) == len(remote_jobs)
     for _, _, slurm_log in subs:
         assert slurm_log.is_file(), f"Slurm log {slurm_log} missing"
-    assert compare_trees(local / "results", work / "results") == []
+    assert compare_trees(work / "results.local", work / "results") == []

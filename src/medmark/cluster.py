@@ -1,4 +1,5 @@
-"""Slurm settings taken from the environment (issue 6, item 1: profiles; docs/cluster.md).
+"""The cluster path's checks (issue 6; docs/cluster.md): Slurm settings from the environment
+(item 1) and safe keys for between-workflow caching (item 3).
 
 The committed Slurm profile (``slurm/config.yaml``) reads the partition and the account from
 ``MEDMARK_SLURM_PARTITION`` and ``MEDMARK_SLURM_ACCOUNT``. A profile cannot fail with a readable
@@ -9,10 +10,13 @@ says what to set, never a silent submission under a guessed account.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 PARTITION_VAR = "MEDMARK_SLURM_PARTITION"
 ACCOUNT_VAR = "MEDMARK_SLURM_ACCOUNT"
@@ -86,3 +90,71 @@ def check_slurm_env(
     if problems:
         raise ClusterConfigError(" ".join(problems) + " See docs/cluster.md.")
     return env
+
+
+# --- between-workflow caching -------------------------------------------------------------------
+
+
+class CacheKeyError(ValueError):
+    """A cache-eligible rule whose cache key would not tell its jobs apart."""
+
+
+def cache_collisions(keyed_jobs: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Groups (sorted) of job labels that share one cache key; ``keyed_jobs`` = (key, label)."""
+    groups: dict[str, set[str]] = {}
+    for key, label in keyed_jobs:
+        groups.setdefault(key, set()).add(label)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def check_cache_collisions(workflow: Any) -> None:
+    """Refuse to run when two jobs eligible for between-workflow caching share a cache key.
+
+    Snakemake's provenance hash (``snakemake/caching/hash.py``, hash version 0.1, measured with
+    snakemake 9.27.1) covers a rule's code, its params, the checksums of source inputs, the
+    hashes of upstream jobs and (unless ``omit-software``) the software environment, but NOT
+    the wildcard values. Two jobs of one cached rule that differ only in a wildcard (e.g.
+    ``r{res}.h5`` from the same upstream files, with ``res`` in no param) get the same key, and
+    the second silently receives the first one's output from the cache. Call from the
+    Snakefile's ``onstart:`` (it runs after the DAG is built; a no-op without ``--cache``). The
+    fix is a param carrying the wildcard, e.g. ``params: res=lambda wc: int(wc.res)``.
+    """
+    if not workflow.enable_cache:
+        return
+    from snakemake.caching.hash import ProvenanceHashMap
+
+    jobs = [j for j in workflow.dag.jobs if j.rule.cache is not None and j.rule.cache.output]
+    hash_map = ProvenanceHashMap()
+
+    async def keys() -> list[str]:
+        return [await hash_map.get_provenance_hash(job) for job in jobs]
+
+    labels = [
+        f"{job.rule.name}[{', '.join(f'{k}={v}' for k, v in job.wildcards.items())}]"
+        for job in jobs
+    ]
+    groups = cache_collisions(zip(workflow.async_run(keys()), labels, strict=True))
+    if groups:
+        raise CacheKeyError(
+            "Between-workflow caching would hand one output to several jobs (Snakemake's cache "
+            "key ignores wildcard values): "
+            + "; ".join(" = ".join(g) for g in groups)
+            + ". Add each distinguishing wildcard as a param, e.g. "
+            "`params: res=lambda wc: int(wc.res)`."
+        )
+
+
+def package_source_hash(package_dir: str | os.PathLike[str] | None = None) -> str:
+    """sha256 over the ``.py`` files of the ``medmark`` package (relative path + content).
+
+    Snakemake's cache hash covers a rule's script but not the library it imports: pass this as
+    a param of every cached rule so a change in ``src/medmark`` invalidates cached outputs.
+    """
+    root = Path(package_dir) if package_dir is not None else Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,10 +27,13 @@ def script_logging(log_path: str | Path, level: int = logging.INFO) -> Iterator[
         root.addHandler(h)
     root.setLevel(level)
     logger = logging.getLogger("medmark.script")
+    t0 = time.perf_counter()
     try:
         yield logger
+        # Cacheable rules have no `benchmark:` (Snakemake forbids it): this line is their timing.
+        logger.info("stage finished in %.1f s wall time", time.perf_counter() - t0)
     except BaseException:
-        logger.exception("stage failed")
+        logger.exception("stage failed after %.1f s", time.perf_counter() - t0)
         raise
     finally:
         for h in handlers:

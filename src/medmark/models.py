@@ -21,6 +21,8 @@ from medmark.io import atomic_path
 ARCHS: tuple[str, ...] = ("resnet18", "densenet121")
 #: Fixed intensity normalisation applied inside every model (u8/255 images have mean ~0.5).
 NORM_MEAN, NORM_STD = 0.5, 0.25
+#: Smallest EigenCAM map side the automatic target layer accepts (7 = ResNet at 224 px).
+MIN_CAM_SIDE = 7
 
 
 class Classifier(nn.Module):
@@ -45,11 +47,29 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
 
-    def default_cam_layer(self) -> nn.Module:
-        """The layer EigenCAM reads by default: the last convolutional block."""
+    def default_cam_layer(self, resolution: int | None = None) -> nn.Module:
+        """The layer EigenCAM reads by default: the deepest block with a usable map.
+
+        At 224 px that is the last block (7×7 map), as in the EigenCAM and grad-cam examples.
+        At the small working resolutions of the embedded default (64 px) the last block is 2×2
+        and EigenCAM's map carries no spatial information, so we take the deepest block whose
+        map is at least ``MIN_CAM_SIDE`` pixels wide (stride 32, then 16, then 8).
+        """
         if self.arch == "resnet18":
-            return self.net.layer4[-1]
-        return self.net.features[-1]
+            blocks = [
+                (32, self.net.layer4[-1]),
+                (16, self.net.layer3[-1]),
+                (8, self.net.layer2[-1]),
+            ]
+        else:
+            f = self.net.features
+            blocks = [(32, f[-1]), (16, f.denseblock3), (8, f.denseblock2)]
+        if resolution is None:
+            return blocks[0][1]
+        for stride, layer in blocks:
+            if resolution // stride >= MIN_CAM_SIDE:
+                return layer
+        return blocks[-1][1]
 
     def feature_layer(self) -> nn.Module:
         """The last block whose channels fine-pruning ranks (resnet layer4 / densenet block 4)."""

@@ -201,3 +201,109 @@ def write_table(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path, md:
     with atomic_path(csv_path) as tmp:
         df.to_csv(tmp, index=False)
     write_text_atomic(md_path, md)
+
+
+def attack_family_of(name: str) -> str:
+    """``finetune_frac0.1`` -> ``finetune``; ``none`` -> ``none``."""
+    return name.split("_", 1)[0]
+
+
+def attack_table(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Per (attack, scenario, arch): BA kept and whether verification still decides correctly."""
+    table = scenario_table(df, alpha)
+    base = table[table["attack"] == "none"].set_index(["scenario", "arch"])["BA"]
+    table["BA_drop"] = [
+        base.get((s, a), math.nan) - ba
+        for s, a, ba in zip(table["scenario"], table["arch"], table["BA"], strict=True)
+    ]
+    table.insert(1, "family", table["attack"].map(attack_family_of))
+    return table
+
+
+def plot_attacks(table: pd.DataFrame, alpha: float, out: str | Path) -> None:
+    """One panel per attack family: median log10 p (Malicious) and BA vs attack strength."""
+    mal = table[table["scenario"] == "Malicious"]
+    families = [f for f in dict.fromkeys(mal["family"]) if f != "none"]
+    base = mal[mal["attack"] == "none"]
+    n = max(len(families), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
+    for ax, fam in zip(axes[0], families, strict=False):
+        g = mal[mal["family"] == fam]
+        for arch, ga in g.groupby("arch", sort=False):
+            labels = list(ga["attack"].str.split("_", n=1).str[1])
+            x = np.arange(len(labels))
+            ax.plot(
+                x,
+                np.log10(np.maximum(ga["p_median"].to_numpy(float), 1e-300)),
+                "o-",
+                label=f"{arch} log10 p",
+            )
+            ax.set_xticks(x, labels, rotation=45, fontsize=7)
+            b = base[base["arch"] == arch]
+            if len(b):
+                ax.axhline(
+                    np.log10(max(float(b["p_median"].iloc[0]), 1e-300)), ls=":", color="grey"
+                )
+        ax.axhline(math.log10(alpha), color="red", ls="--", lw=1)
+        ax.set_title(fam, fontsize=9)
+        ax.set_ylabel("log10 p (Malicious)", fontsize=8)
+        ax2 = ax.twinx()
+        for arch, ga in g.groupby("arch", sort=False):
+            ax2.plot(
+                np.arange(len(ga)), ga["BA"].to_numpy(float), "s--", alpha=0.6, label=f"{arch} BA"
+            )
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("benign accuracy", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(
+        f"Adaptive attacks: verification p-value (red: α={alpha}) and BA kept", fontsize=10
+    )
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def example_rows(
+    clean_h5: str | Path, release_h5: str | Path, saliency_h5: str | Path, ids: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clean, released and saliency arrays of ``ids`` (same order) for :func:`plot_examples`."""
+    import h5py
+
+    from medmark.data.h5 import read_images, read_table
+
+    def rows_of(path: str | Path) -> np.ndarray:
+        t = read_table(path).set_index("image_id")
+        return t.loc[list(ids), "row"].to_numpy()
+
+    clean_rows = rows_of(clean_h5)
+    with h5py.File(saliency_h5, "r") as f:
+        sal = np.stack([f["maps"][int(r)].astype(np.float32) for r in clean_rows])
+    return read_images(clean_h5, clean_rows), read_images(release_h5, rows_of(release_h5)), sal
+
+
+def plot_poison_curve(df: pd.DataFrame, out: str | Path, alpha: float) -> None:
+    """WSR, ΔP and log10 p of the Malicious suspect against the poisoning rate γ."""
+    df = df.sort_values("poison_rate")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for arch, g in df.groupby("arch", sort=False):
+        ax.plot(g["poison_rate"], g["wsr"], "o-", label=f"WSR {arch}")
+        ax.plot(g["poison_rate"], g["delta_p"], "s--", label=f"ΔP {arch}")
+    ax.set_xlabel("poisoning rate γ (share of the release watermarked)")
+    ax.set_ylabel("WSR / ΔP")
+    ax.set_ylim(-0.05, 1.05)
+    ax2 = ax.twinx()
+    for arch, g in df.groupby("arch", sort=False):
+        ax2.plot(
+            g["poison_rate"],
+            g["log10_p"].clip(lower=-300),
+            "^:",
+            color="grey",
+            label=f"log10 p {arch}",
+        )
+    ax2.axhline(math.log10(alpha), color="red", ls="--", lw=1)
+    ax2.set_ylabel("log10 p (red: α)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    ax.set_title("Malicious suspect vs poisoning rate", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out)

@@ -25,22 +25,29 @@ from medmark.models import Classifier
 log = logging.getLogger(__name__)
 
 
-def resolve_cam_layer(model: Classifier, target_layer: str = "auto") -> nn.Module:
-    """``auto`` = the arch's last convolutional block; otherwise a dotted module path."""
+def resolve_cam_layer(
+    model: Classifier, target_layer: str = "auto", resolution: int | None = None
+) -> nn.Module:
+    """``auto`` = the deepest block with a usable map at ``resolution``; else a dotted path."""
     if target_layer == "auto":
-        return model.default_cam_layer()
+        return model.default_cam_layer(resolution)
     try:
         return model.get_submodule(target_layer)
     except AttributeError as e:
-        raise ValueError(f"saliency.target_layer {target_layer!r} is not a module of {model.arch}") from e
+        raise ValueError(
+            f"saliency.target_layer {target_layer!r} is not a module of {model.arch}"
+        ) from e
 
 
 class EigenCamBatcher:
     """EigenCAM over batches of ``float32 (N, 1, H, W)`` images in ``[0, 1]``."""
 
-    def __init__(self, model: Classifier, target_layer: str = "auto") -> None:
+    def __init__(
+        self, model: Classifier, target_layer: str = "auto", resolution: int | None = None
+    ) -> None:
         self.model = model.eval()
-        self.cam = EigenCAM(model=self.model, target_layers=[resolve_cam_layer(model, target_layer)])
+        layer = resolve_cam_layer(model, target_layer, resolution)
+        self.cam = EigenCAM(model=self.model, target_layers=[layer])
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         """Maps ``float32 (N, H, W)`` in ``[0, 1]`` at the input resolution."""
@@ -72,11 +79,13 @@ def write_saliency_h5(
     the same order so readers can check alignment. Streams batch by batch; atomic output.
     """
     model = model.to(device)
-    batcher = EigenCamBatcher(model, target_layer)
+    with h5py.File(images_h5, "r") as src:
+        n, h, w = src["images"].shape
+    batcher = EigenCamBatcher(model, target_layer, resolution=h)
+    layer_name = next(k for k, m in model.named_modules() if m is batcher.cam.target_layers[0])
     try:
         with h5py.File(images_h5, "r") as src, atomic_path(out_h5, suffix=".h5") as tmp:
             images = src["images"]
-            n, h, w = images.shape
             with h5py.File(tmp, "w") as dst:
                 maps = dst.create_dataset(
                     "maps", shape=(n, h, w), dtype="f2", chunks=(1, h, w), compression="gzip"
@@ -90,6 +99,7 @@ def write_saliency_h5(
                         "method": "eigencam",
                         "library": "grad-cam",
                         "target_layer": target_layer,
+                        "target_layer_resolved": layer_name,
                         "arch": model.arch,
                         "resolution": h,
                         "source_images": str(images_h5),

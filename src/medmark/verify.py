@@ -33,11 +33,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from scipy import special, stats
 
 from medmark.errors import DataFormatError
 from medmark.io import atomic_path, write_json_atomic
+from medmark.train import resize_batch
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +89,6 @@ def check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
             field=name,
         )
     return np.ascontiguousarray(arr)
-
-
-def resize_batch(x: torch.Tensor, resolution: int | None) -> torch.Tensor:
-    """Resize ``(N, 1, H, W)`` to ``resolution``² (bilinear, antialiased) when it differs.
-
-    The suspect decides its own input size (brief xmark.md: scale robustness), so the verifier
-    resizes the owner's images the way a suspect's preprocessing would.
-    """
-    if resolution is None or tuple(x.shape[-2:]) == (resolution, resolution):
-        return x
-    y = F.interpolate(
-        x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
-    )
-    return y.clamp_(0.0, 1.0)
 
 
 def softmax_np(z: np.ndarray) -> np.ndarray:

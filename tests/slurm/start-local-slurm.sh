@@ -25,7 +25,12 @@ t0=$(date +%s.%N)
 
 say() { echo "start-local-slurm: $*"; }
 cannot() { echo "start-local-slurm: cannot run Slurm daemons here: $*" >&2; exit 77; }
-die() { echo "start-local-slurm: ERROR: $*" >&2; dump_logs; exit 1; }
+die() { # print the reason and the daemon logs, stop what this run started, exit 1
+  echo "start-local-slurm: ERROR: $*" >&2
+  dump_logs
+  bash "$(dirname "$0")/stop-local-slurm.sh" >&2 || true
+  exit 1
+}
 dump_logs() {
   local f
   for f in "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log" "$STATE/munged.out" \
@@ -40,20 +45,31 @@ alive() { # alive NAME: the PID recorded for NAME runs a process called NAME
   pid=$(<"$pidfile")
   [[ "$(ps -o comm= -p "$pid" 2>/dev/null)" == "$1" ]]
 }
+running() { # running NAME: the PID recorded for NAME exists (it may not have exec'd NAME yet)
+  [[ -s "$STATE/$1.pid" ]] && kill -0 "$(<"$STATE/$1.pid")" 2>/dev/null
+}
 node_state() { sinfo -h -N -n "$NODE" -o '%t' 2>/dev/null | head -n 1 || true; }
+wait_until() { # wait_until CMD...: retry CMD every 0.2 s for up to $TIMEOUT s (slow when loaded)
+  local end=$(($(date +%s) + TIMEOUT))
+  until "$@"; do
+    (($(date +%s) < end)) || return 1
+    sleep 0.2
+  done
+}
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 
 [[ "$(id -u)" -eq 0 ]] || cannot "needs root (writes $CONF_DIR, runs slurmd as root); uid=$(id -u)"
 mkdir -p "$STATE"
 NODE="$(hostname -s)"
 
 # --- idempotent re-entry -------------------------------------------------------------------
-if alive slurmctld && alive slurmd && [[ "$(node_state)" == idle* ]]; then
-  say "already running (slurmctld $(<"$STATE/slurmctld.pid"), slurmd $(<"$STATE/slurmd.pid")); node $NODE idle"
+if alive slurmctld && alive slurmd && [[ "$(node_state)" =~ ^(idle|mix|alloc) ]]; then
+  say "already running (slurmctld $(<"$STATE/slurmctld.pid"), slurmd $(<"$STATE/slurmd.pid")); node $NODE $(node_state)"
   exit 0
 fi
 if alive slurmctld || alive slurmd || alive munged; then
   say "a previous start is half up; stopping it first"
-  "$(dirname "$0")/stop-local-slurm.sh"
+  bash "$(dirname "$0")/stop-local-slurm.sh"
 fi
 
 # --- install ---------------------------------------------------------------------------------
@@ -106,27 +122,18 @@ if [[ ! -s /etc/munge/munge.key ]]; then
   chown munge:munge /etc/munge/munge.key
   chmod 400 /etc/munge/munge.key
 fi
-if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+if munge_ok; then
   say "using the munged already running on this machine"
   rm -f "$STATE/munged.pid"
 else
   # -F: stay in the foreground, so $! is the daemon's PID.
   setsid runuser -u munge -- munged -F --force </dev/null >"$STATE/munged.out" 2>&1 &
-  sleep 0.5
+  runuser_pid=$!
   # runuser forks; record the munged process itself (child of that runuser).
-  munged_pid=$(pgrep -P $! -x munged || true)
-  for _ in $(seq 50); do
-    [[ -n "$munged_pid" ]] && break
-    sleep 0.1
-    munged_pid=$(pgrep -P $! -x munged || true)
-  done
-  [[ -n "$munged_pid" ]] || die "munged did not start"
+  wait_until pgrep -P "$runuser_pid" -x munged >/dev/null || die "munged did not start"
+  munged_pid=$(pgrep -P "$runuser_pid" -x munged)
   echo "$munged_pid" >"$STATE/munged.pid"
-  for _ in $(seq 50); do
-    munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  munge -n | unmunge >/dev/null || die "munged is not answering"
+  wait_until munge_ok || die "munged is not answering"
 fi
 
 # --- config ----------------------------------------------------------------------------------
@@ -182,14 +189,16 @@ NodeName=$NODE Name=gpu File=$GPU_DEV[0-1]
 EOF
 
 # --- slurmctld, slurmd (foreground mode -D, so $! is the daemon's PID) -------------------------
+for f in slurmctld.log slurmd.log; do # keep one old log; dump_logs then shows this run's
+  [[ -e "$LOG_DIR/$f" ]] && mv -f "$LOG_DIR/$f" "$LOG_DIR/$f.1"
+done
 setsid slurmctld -D -c </dev/null >"$STATE/slurmctld.out" 2>&1 &
 echo $! >"$STATE/slurmctld.pid"
-for _ in $(seq 100); do
-  scontrol ping 2>/dev/null | grep -q 'is UP' && break
-  alive slurmctld || die "slurmctld exited"
-  sleep 0.1
-done
-scontrol ping | grep -q 'is UP' || die "slurmctld does not answer scontrol ping"
+ctld_up() {
+  running slurmctld || die "slurmctld exited"
+  scontrol ping 2>/dev/null | grep -q 'is UP'
+}
+wait_until ctld_up || die "slurmctld does not answer scontrol ping after ${TIMEOUT} s"
 setsid slurmd -D </dev/null >"$STATE/slurmd.out" 2>&1 &
 echo $! >"$STATE/slurmd.pid"
 printf 'MEDMARK_SLURM_PARTITION=%s\nNODE=%s\nCPUS=%s\nREAL_MEM=%s\n' \
@@ -199,8 +208,8 @@ printf 'MEDMARK_SLURM_PARTITION=%s\nNODE=%s\nCPUS=%s\nREAL_MEM=%s\n' \
 deadline=$(($(date +%s) + TIMEOUT))
 state=""
 while (($(date +%s) < deadline)); do
-  alive slurmctld || die "slurmctld exited"
-  alive slurmd || die "slurmd exited"
+  running slurmctld || die "slurmctld exited"
+  running slurmd || die "slurmd exited"
   state=$(node_state)
   [[ "$state" == idle* ]] && break
   if [[ "$state" == inval* ]]; then

@@ -22,8 +22,18 @@ TOY = REPO / "tests" / "slurm" / "toy"
 VENV_BIN = Path(sys.executable).parent
 SNAKEMAKE = VENV_BIN / "snakemake"
 
-WORKFLOW_ENTRIES = ("Snakefile", "rules", "scripts", "config", "envs", "slurm", "profiles")
-"""What a working copy of the real pipeline needs (the package itself is installed in the venv)."""
+WORKFLOW_ENTRIES = (
+    "Snakefile",
+    "rules",
+    "scripts",
+    "config",
+    "envs",
+    "slurm",
+    "profiles",
+    "src",
+    "report",
+)
+"""What a working copy of the real pipeline needs (rules/common.smk reads and imports `src/`)."""
 
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 RULE_HEADER = re.compile(r"^(local)?rule (\w+):$", re.MULTILINE)

@@ -423,6 +423,18 @@ def _read_source(source: str, cfg: dict, root: Path, on_bad_image: str) -> tuple
     return res, boxes, csv_hashes
 
 
+def _portable_root(root: Path) -> str:
+    """The dataset root relative to the working directory when inside it, else absolute.
+
+    Keeps ``ingest.json`` (and the ``source_sha256`` of every HDF5 derived from it) identical
+    between two checkouts of the same workflow, which between-workflow caching relies on.
+    """
+    try:
+        return str(root.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(root)
+
+
 def _source_info(source: str, cfg: dict) -> dict:
     if source == "synthetic":
         return {
@@ -492,7 +504,7 @@ def ingest(
         {
             "source": source,
             "source_config": _source_info(source, cfg),
-            "root": str(root),
+            "root": _portable_root(root),
             "csv_sha256": csv_hashes,
             "images_sha256": hashlib.sha256(paths_blob).hexdigest(),
             "on_bad_image": on_bad_image,

@@ -216,7 +216,9 @@ def _sample_anatomy(rng: np.random.Generator) -> Anatomy:
     )
 
 
-def _lung_point(rng: np.random.Generator, an: Anatomy, side: int, basal: bool = False) -> tuple:
+def _lung_point(
+    rng: np.random.Generator, an: Anatomy, side: int, basal: bool = False
+) -> tuple[float, float]:
     """A random point inside a lung field (anatomical coordinates)."""
     ca = side * (an.medial + an.thorax) / 2
     hw = (an.thorax - an.medial) / 2
@@ -247,15 +249,9 @@ def _sample_findings(rng: np.random.Generator, an: Anatomy, nodule: Blob | None)
             side = int(rng.choice([-1, 1]))
             a, b = _lung_point(rng, an, side, basal=rng.random() < 0.4)
             f.opacities.append(
-                Blob(
-                    side,
-                    a,
-                    b,
-                    float(rng.uniform(0.025, 0.085)),
-                    float(rng.uniform(0.3, 0.8)),
-                    False,
-                )
-            )
+                Blob(side, a, b, size=float(rng.uniform(0.025, 0.085)),
+                     amp=float(rng.uniform(0.3, 0.8)), sharp=False)
+            )  # fmt: skip
         big = max(o.size * o.amp for o in f.opacities)
         f.consolidation = big > 0.035 and rng.random() < 0.6
         f.pneumonia = rng.random() < 0.35
@@ -272,7 +268,7 @@ def _sample_findings(rng: np.random.Generator, an: Anatomy, nodule: Blob | None)
     return f
 
 
-def _sample_devices(rng: np.random.Generator, an: Anatomy, ap: bool) -> list:
+def _sample_devices(rng: np.random.Generator, ap: bool) -> list:
     devices: list[tuple[str, tuple[float, ...]]] = []
     if rng.random() >= (0.3 if ap else 0.05):
         return devices
@@ -374,7 +370,7 @@ def plan_dataset(
         for s in range(1, n_studies + 1):
             findings = _sample_findings(rng, an, nodule)
             ap = rng.random() < 0.65
-            findings.devices = _sample_devices(rng, an, ap)
+            findings.devices = _sample_devices(rng, ap)
             base = f"{DATASET_DIR}/{split}/patient{i:05d}/study{s}"
             images = [
                 _image_spec(

@@ -54,7 +54,14 @@ def train_and_save(
     train_set = labeled_split(train_h5, task, train_split)
     model = build_classifier(arch, seed=seed)
     cfg = TrainConfig.from_dict(train_cfg)
-    log.info("training %s on %s (%d images, split=%s) seed %d", arch, train_h5, len(train_set), train_split, seed)
+    log.info(
+        "training %s on %s (%d images, split=%s) seed %d",
+        arch,
+        train_h5,
+        len(train_set),
+        train_split,
+        seed,
+    )
     history = train_classifier(
         model,
         train_set,

@@ -23,7 +23,7 @@ XMARK_DEFAULTS: dict[str, Any] = {
     "owner_key": 1,
     "independent_key": 2,
     "scale_range": [0.25, 1.0],
-    "laplacian": {"mode": "pyramid", "levels": 2, "relative": True},
+    "laplacian": {"mode": "pyramid", "levels": 2, "relative": False},
     "visual": {"kind": "ssim_l2", "lpips_weights": None},
     "lambdas": {
         "eff_target": 1.0,

@@ -217,6 +217,15 @@ def _tree_rows(metadata_csv: Path, ids: np.ndarray, labels14: np.ndarray) -> lis
     for col in ("image_id", *_META_FIELDS.values(), *OBSERVATIONS):
         if col not in meta.columns:
             raise DataFormatError("missing column", file=str(metadata_csv), row=1, field=col)
+    dup = meta["image_id"].duplicated()
+    if dup.any():
+        first = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DataFormatError(
+            f"duplicate image_id {meta['image_id'].iloc[first]!r}",
+            file=str(metadata_csv),
+            row=first + 2,
+            field="image_id",
+        )
     line_of = {iid: i + 2 for i, iid in enumerate(meta["image_id"].tolist())}
     meta = meta.set_index("image_id", drop=False)
     out = []
@@ -288,8 +297,15 @@ def write_release(
     table = table_all.iloc[rel_rows].reset_index(drop=True)
     labels14 = table[list(OBSERVATIONS)].to_numpy(np.float32)
     y = task_labels(labels14, target_observation, uncertainty)
-    poisoned_local = choose_poisoned(y, target_class, poison_rate, seed)
     budget = poison_budget(len(y), int((y == target_class).sum()), poison_rate)
+    if budget["chosen"] == 0:
+        raise DataFormatError(
+            f"no row of split {RELEASE_SPLIT!r} has the target class {target_class} "
+            f"({target_observation}, {uncertainty}): nothing to watermark",
+            file=str(prep_h5),
+            field="labels",
+        )
+    poisoned_local = choose_poisoned(y, target_class, poison_rate, seed)
     is_poisoned = np.zeros(len(y), dtype=bool)
     is_poisoned[poisoned_local] = True
 

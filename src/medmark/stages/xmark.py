@@ -1,0 +1,157 @@
+"""X-Mark stages: generator training and the release (brief xmark.md; paper arXiv 2602.09284).
+
+The generator trains on the owner's release split at the working resolution, conditioned on the
+surrogate's EigenCAM maps. The release stage applies it to the chosen target-class images at every
+configured resolution, writes the owner's secret beside (never inside) the release, and measures
+the release quality on the watermarked images.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medmark.data.datasets import WithSaliency, labeled_split
+from medmark.data.h5 import read_images, read_table
+from medmark.io import atomic_path
+from medmark.methods.xmark import (
+    load_generator,
+    save_generator,
+    train_generator,
+    write_owner_dir,
+    write_release,
+)
+from medmark.models import load_classifier
+from medmark.quality import release_quality
+from medmark.runtime import resolve_device, seed_everything, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def generator_stage(
+    *,
+    prep_h5: str | Path,
+    saliency_h5: str | Path,
+    surrogate_path: str | Path,
+    xmark_cfg: dict[str, Any],
+    key: int,
+    task: dict[str, Any],
+    surrogate_resolution: int,
+    device: str,
+    threads: int,
+    out_model: str | Path,
+    out_loss: str | Path,
+    last: str | Path,
+) -> None:
+    """Train the generator with key ``key`` (resumable) and save it atomically."""
+    set_threads(threads)
+    seed_everything(key)
+    dev = resolve_device(device)
+    data = WithSaliency(labeled_split(prep_h5, task, "release"), saliency_h5)
+    log.info("generator key %d on %d release images of %s", key, len(data), prep_h5)
+    generator = train_generator(
+        data,
+        load_classifier(surrogate_path),
+        xmark_cfg,
+        key=key,
+        device=dev,
+        last_path=last,
+        loss_csv=out_loss,
+        target_class=task["target_class"],
+        surrogate_resolution=surrogate_resolution,
+    )
+    save_generator(generator, out_model, getattr(generator, "meta", {"key": key}))
+
+
+def release_stage(
+    *,
+    prep: dict[int, str],
+    saliency: dict[int, str],
+    generator_path: str | Path,
+    metadata_csv: str | Path,
+    release_dir: str | Path,
+    owner_dir: str | Path,
+    working_resolution: int,
+    task: dict[str, Any],
+    release_cfg: dict[str, Any],
+    verify_cfg: dict[str, Any],
+    key: int,
+    device: str,
+    threads: int,
+    quality_csv: str | Path,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Release at every resolution, the owner's secret, and the quality of the watermarked images."""
+    set_threads(threads)
+    dev = resolve_device(device)
+    generator = load_generator(generator_path).to(dev)
+    infos = {}
+    for res in sorted(prep):
+        infos[res] = write_release(
+            prep[res],
+            saliency[res],
+            release_dir,
+            owner_dir=owner_dir,
+            generator=generator,
+            target_observation=task["target_observation"],
+            uncertainty=task["uncertainty"],
+            target_class=task["target_class"],
+            poison_rate=release_cfg["poison_rate"],
+            seed=release_cfg["seed"],
+            batch_size=batch_size,
+            device=dev,
+            image_tree=bool(release_cfg["image_tree"]) and res == working_resolution,
+            metadata_csv=metadata_csv,
+        )
+    poisoned = {tuple(i["poisoned_ids"]) for i in infos.values()}
+    if len(poisoned) != 1:
+        raise RuntimeError("the releases at different resolutions poisoned different images")
+    owner = write_owner_dir(
+        owner_dir,
+        release_dir=release_dir,
+        generator=generator,
+        sources={res: (prep[res], saliency[res]) for res in prep},
+        release_info=infos[working_resolution],
+        key=key,
+        target_class=task["target_class"],
+        target_observation=task["target_observation"],
+        uncertainty=task["uncertainty"],
+        resolution=working_resolution,
+        tau=verify_cfg["tau"],
+        alpha=verify_cfg["alpha"],
+        n_verify=verify_cfg["n_images"],
+        verify_seed=verify_cfg["seed"],
+        batch_size=batch_size,
+        device=dev,
+        generator_meta=getattr(generator, "meta", None),
+    )
+    write_quality(prep, release_dir, owner["poisoned_ids"], quality_csv)
+    return owner
+
+
+def write_quality(
+    prep: dict[int, str], release_dir: str | Path, poisoned_ids: list[str], out_csv: str | Path
+) -> pd.DataFrame:
+    """Quality of the watermarked images (clean prep vs release), one row per resolution."""
+    rows = []
+    for res, prep_h5 in sorted(prep.items()):
+        rel_h5 = Path(release_dir) / f"r{res}.h5"
+        src, rel = read_table(prep_h5), read_table(rel_h5)
+        want = set(poisoned_ids)
+        src_rows = src.loc[src["image_id"].isin(want), ["image_id", "row"]].sort_values("image_id")
+        rel_rows = rel.loc[rel["image_id"].isin(want), ["image_id", "row"]].sort_values("image_id")
+        if not np.array_equal(src_rows["image_id"].to_numpy(), rel_rows["image_id"].to_numpy()):
+            raise RuntimeError(f"{rel_h5}: poisoned ids do not match {prep_h5}")
+        q = release_quality(
+            read_images(prep_h5, src_rows["row"].to_numpy()),
+            read_images(rel_h5, rel_rows["row"].to_numpy()),
+        )
+        rows.append({"resolution": res, **q["summary"]})
+    table = pd.DataFrame(rows)
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    return table

@@ -1,0 +1,103 @@
+"""The workflow parses, validates its config before any job runs, and plans the expected jobs."""
+
+import re
+
+import pytest
+import yaml
+
+from tests.workflow_utils import REPO, copy_workflow, run_snakemake
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+def _jobs(out: str) -> dict[str, int]:
+    """Job counts from the dry-run's 'Job stats' table."""
+    table = out.split("Job stats:")[1].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_dry_run_lists_every_stage(wf):
+    out = run_snakemake(wf, "-n", "--cores", "2", "all").stdout
+    jobs = _jobs(out)
+    for rule in (
+        "synthesize",
+        "ingest",
+        "splits",
+        "preprocess",
+        "surrogate",
+        "saliency",
+        "xmark_generator",
+        "xmark_release",
+        "suspect_watermarked",
+        "suspect_clean",
+        "verify",
+        "report_tables",
+        "report_pvalues",
+        "report_examples",
+        "xmark_quality_table",
+    ):
+        assert jobs.get(rule, 0) >= 1, rule
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    archs, seeds = len(cfg["suspects"]["archs"]), cfg["suspects"]["independent_seeds"]
+    # archs x (Malicious 1 + Ind-Wp 1 + 3 independent scenarios x seeds), plus the Malicious
+    # suspect of the three poisoning-rate variants on the first arch
+    assert jobs["verify"] == archs * (1 + 1 + 3 * seeds) + 3
+    assert jobs["suspect_clean"] == archs * 2 * seeds
+
+
+@pytest.mark.parametrize(
+    ("overlay", "key"),
+    [
+        ({"xmark": {"epsilon": -1}}, "epsilon"),
+        ({"data": {"source": "imagenet"}}, "source"),
+        ({"suspects": {"archs": ["vgg"]}}, "archs"),
+        ({"verify": {"tuo": 0.1}}, "tuo"),
+    ],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(wf, tmp_path, overlay, key):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(overlay))
+    proc = run_snakemake(wf, "-n", "--cores", "1", "all", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "validating config" in text.lower() or "ValidationError" in text
+    assert key in text
+    assert "Job stats" not in text
+
+
+def test_ablation_target_plans_only_its_branch(wf):
+    out = run_snakemake(wf, "-n", "--cores", "2", "ablation_no_laplacian").stdout
+    planned = re.findall(r"^\s+output: (.+)$", out, re.M)
+    paths = [p for line in planned for p in line.split(", ")]
+    variant_paths = [p for p in paths if re.match(r"results/(main|[a-z0-9_]+)/xmark/", p)]
+    assert variant_paths, "the ablation plans its own X-Mark jobs"
+    assert all(p.startswith("results/no_laplacian/") for p in variant_paths), variant_paths
+    shared = [p for p in paths if not p.startswith("results/no_laplacian/")]
+    assert all(
+        p.startswith(
+            (
+                "results/data/",
+                "results/prep/",
+                "results/surrogate/",
+                "results/saliency/",
+                "results/clean_suspects/",
+            )
+        )
+        for p in shared
+    ), shared
+
+
+def test_every_ablation_overlay_has_a_target():
+    out = (REPO / "rules" / "report.smk").read_text()
+    assert "ablation_{_name}" in out
+    assert {p.stem for p in (REPO / "config" / "ablations").glob("*.yaml")} >= {
+        "no_laplacian",
+        "no_saliency",
+        "no_scale",
+        "poison_005",
+        "eps_4",
+        "eps_16",
+    }
