@@ -56,7 +56,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
-        pass
+        """Keep the test output quiet."""
 
 
 def _zip_dir(root: Path) -> bytes:

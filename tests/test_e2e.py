@@ -119,6 +119,35 @@ def test_verification_summaries_and_report(tiny):
     assert "pvalues.png" in html and "verification.md" in html
 
 
+def test_scenario_data_is_patient_disjoint(tiny):
+    """Ind-D trains on the independent split: no patient of it is in the release."""
+    from medmark.data.datasets import labeled_split
+
+    task = {"target_observation": "Pleural Effusion", "uncertainty": "u_zeros"}
+    prep = tiny / "results/prep/r32.h5"
+    with h5py.File(prep) as f:
+        patients = f["patients"].asstr()[:]
+    ind_d = set(patients[labeled_split(prep, task, "independent").images.rows])
+    with h5py.File(tiny / "results/main/xmark/owner/release/r32.h5") as g:
+        released = set(g["patients"].asstr()[:])
+    assert ind_d and released and not ind_d & released
+
+
+def test_attacks_on_tiny_keep_independent_suspects_undetected(tiny):
+    run_snakemake(tiny, "--cores", "2", "attacks", "--configfile", "config/presets/tiny.yaml")
+    table = pd.read_csv(tiny / "results/main/report/attacks.csv")
+    assert set(table["attack"]) == {"none", "finetune_frac0.3", "prune_0.5", "down_0.5", "jpeg_q50"}
+    ind_m = table[table["scenario"] == "Ind-M"]
+    assert len(ind_m) == 5 and (ind_m["rate_p_lt_alpha"] == 0).all()
+    pruned = json.loads(
+        (
+            tiny / "results/main/xmark/attacked/Malicious/resnet18/seed0/prune_0.5/pruning.json"
+        ).read_text()
+    )
+    assert pruned  # the fine-pruning record (which channels were cut) is kept beside the model
+    assert (tiny / "results/main/report/attacks.png").stat().st_size > 10_000
+
+
 def test_embedded_default_end_to_end(tmp_path):
     """`snakemake --cores 2 all` on the embedded default (the README's main job) completes."""
     wf = copy_workflow(tmp_path / "demo")

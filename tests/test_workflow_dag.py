@@ -101,3 +101,10 @@ def test_every_ablation_overlay_has_a_target():
         "eps_4",
         "eps_16",
     }
+
+
+def test_release_only_ablation_reuses_the_main_generator(wf):
+    out = run_snakemake(wf, "-n", "--cores", "2", "ablation_poison_020").stdout
+    assert "results/poison_020/xmark/owner/release/r64.h5" in out
+    assert "results/poison_020/xmark/owner/generator/" not in out  # no retraining
+    assert "results/main/xmark/owner/generator/model.pt" in out

@@ -228,7 +228,7 @@ def test_training_logs_every_term_and_is_deterministic(tmp_path: Path) -> None:
 
 
 class _Interrupt(RuntimeError):
-    pass
+    """Raised by the test to simulate a kill after a checkpoint."""
 
 
 class _Crashing(torch.utils.data.Dataset):

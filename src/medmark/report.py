@@ -146,6 +146,7 @@ def plot_pvalues(df: pd.DataFrame, alpha: float, out: str | Path) -> None:
     scen = [s for s in SCENARIO_ORDER if s in set(df["scenario"])]
     fig, ax = plt.subplots(figsize=(7, 4))
     markers = {"resnet18": "o", "densenet121": "s"}
+    colors = {"resnet18": "tab:blue", "densenet121": "tab:orange"}
     rng = np.random.default_rng(0)
     for i, s in enumerate(scen):
         g = df[df["scenario"] == s]
@@ -153,7 +154,12 @@ def plot_pvalues(df: pd.DataFrame, alpha: float, out: str | Path) -> None:
             y = np.maximum(ga["log10_p"].to_numpy(dtype=float), -300)
             x = i + rng.uniform(-0.15, 0.15, len(y))
             ax.scatter(
-                x, y, marker=markers.get(arch, "^"), label=arch if i == 0 else None, alpha=0.8
+                x,
+                y,
+                marker=markers.get(arch, "^"),
+                color=colors.get(arch, "tab:green"),
+                label=arch,
+                alpha=0.8,
             )
     ax.axhline(math.log10(alpha), color="red", ls="--", label=f"α = {alpha}")
     ax.set_xticks(range(len(scen)), scen)

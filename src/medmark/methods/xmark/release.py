@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from medmark.data.chexpert import CHEXPERT_COLUMNS
 from medmark.data.h5 import H5ImageWriter, read_images, read_table
 from medmark.data.labels import IGNORE, OBSERVATIONS, task_labels
 from medmark.errors import DataFormatError
@@ -47,14 +48,6 @@ log = logging.getLogger(__name__)
 METHOD = "xmark"
 RELEASE_SPLIT = "release"
 TREE_NAME = "CheXpert-v1.0-small-xmark"
-CHEXPERT_COLUMNS: tuple[str, ...] = (
-    "Path",
-    "Sex",
-    "Age",
-    "Frontal/Lateral",
-    "AP/PA",
-    *OBSERVATIONS,
-)
 _META_FIELDS = {"Sex": "sex", "Age": "age", "Frontal/Lateral": "view", "AP/PA": "ap_pa"}
 BLOCK = 256
 

@@ -1,0 +1,69 @@
+"""Report tables: rates over populations, the attack table, Markdown rendering."""
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from medmark.report import attack_table, collect_summaries, markdown_table, scenario_table
+
+
+def _summary(tmp_path, name, scenario, arch, seed, p, attack="none", ba=0.8):
+    d = {
+        "verdict": "detected" if p < 0.01 else "not detected",
+        "p_value": p,
+        "log10_p": float(np.log10(p)) if p > 0 else "-inf",
+        "statistic": 1.0,
+        "delta_p": 0.5 if p < 0.01 else 0.0,
+        "wsr": 0.9 if p < 0.01 else 0.1,
+        "benign_accuracy": ba,
+        "auroc": None,
+        "m": 100,
+        "tau": 0.2,
+        "alpha": 0.01,
+        "flags": ["x"],
+        "params": {
+            "variant": "main",
+            "method": "xmark",
+            "scenario": scenario,
+            "arch": arch,
+            "seed": seed,
+            "attack": attack,
+        },
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+def test_rates_are_over_the_population(tmp_path):
+    paths = [_summary(tmp_path, "m", "Malicious", "resnet18", 0, 1e-5)]
+    paths += [
+        _summary(tmp_path, f"i{s}", "Ind-M", "resnet18", s, p)
+        for s, p in enumerate([0.5, 0.004, 0.9, 0.2])
+    ]
+    tidy = collect_summaries(paths)
+    assert np.isnan(tidy["auroc"]).all()  # JSON null -> NaN
+    table = scenario_table(tidy, alpha=0.01).set_index("scenario")
+    assert table.loc["Malicious", "rate_p_lt_alpha"] == 1.0
+    assert table.loc["Ind-M", "rate_p_lt_alpha"] == 0.25  # one of four independent models
+    assert table.loc["Ind-M", "models"] == 4
+    assert list(table.index) == ["Malicious", "Ind-M"]  # paper order
+
+
+def test_attack_table_reports_ba_drop(tmp_path):
+    paths = [
+        _summary(tmp_path, "a", "Malicious", "resnet18", 0, 1e-5, "none", ba=0.9),
+        _summary(tmp_path, "b", "Malicious", "resnet18", 0, 0.3, "jpeg_q25", ba=0.7),
+    ]
+    t = attack_table(collect_summaries(paths), alpha=0.01).set_index("attack")
+    assert t.loc["jpeg_q25", "family"] == "jpeg"
+    assert abs(t.loc["jpeg_q25", "BA_drop"] - 0.2) < 1e-9
+    assert t.loc["none", "BA_drop"] == 0.0
+
+
+def test_markdown_table_formats_p_values():
+    md = markdown_table(
+        pd.DataFrame({"scenario": ["Malicious"], "p_median": [1.23e-7], "BA": [0.5]})
+    )
+    assert "| Malicious | 1.23e-07 | 0.500 |" in md
