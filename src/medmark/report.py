@@ -232,8 +232,12 @@ def plot_attacks(table: pd.DataFrame, alpha: float, out: str | Path) -> None:
     families = [f for f in dict.fromkeys(mal["family"]) if f != "none"]
     base = mal[mal["attack"] == "none"]
     n = max(len(families), 1)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
-    for ax, fam in zip(axes[0], families, strict=False):
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    for ax, fam in zip(axes.flat, families, strict=False):
         g = mal[mal["family"] == fam]
         for arch, ga in g.groupby("arch", sort=False):
             labels = list(ga["attack"].str.split("_", n=1).str[1])

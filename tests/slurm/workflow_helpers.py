@@ -4,6 +4,7 @@ from its log, and compare two ``results/`` trees (HDF5 by datasets and attribute
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,6 +17,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pandas as pd
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 TOY = REPO / "tests" / "slurm" / "toy"
@@ -37,8 +40,9 @@ WORKFLOW_ENTRIES = (
 
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 RULE_HEADER = re.compile(r"^(local)?rule (\w+):$", re.MULTILINE)
-IGNORED_KEYS = frozenset({"created_by", "created_at", "timestamp"})
-"""HDF5 attributes / JSON keys that legitimately differ between two runs."""
+IGNORED_KEYS = frozenset({"created_by", "created_at", "timestamp", "epoch_seconds", "seconds"})
+"""HDF5 attributes / JSON / checkpoint keys and CSV columns that legitimately differ between two
+runs (provenance stamps and measured wall times)."""
 SKIPPED_DIRS = frozenset({"logs", "benchmarks"})
 """``results/`` sub-folders whose content is run-specific (job logs, timings)."""
 
@@ -118,7 +122,14 @@ def compare_trees(a: Path, b: Path) -> list[str]:
             jb = _drop_ignored(json.loads(fb.read_text().replace(wd_b, "<WD>")))
             if ja != jb:
                 diffs.append(f"{rel}: JSON differs")
-        elif fa.suffix in {".csv", ".txt", ".tsv", ".yaml", ".md"}:
+        elif fa.suffix == ".pt":
+            if not _same_checkpoint(fa, fb):
+                diffs.append(f"{rel}: checkpoint differs")
+        elif fa.suffix == ".csv":
+            ta, tb = _read_csv(fa, wd_a), _read_csv(fb, wd_b)
+            if not ta.equals(tb):
+                diffs.append(f"{rel}: table differs")
+        elif fa.suffix in {".txt", ".tsv", ".yaml", ".md"}:
             if fa.read_text().replace(wd_a, "<WD>") != fb.read_text().replace(wd_b, "<WD>"):
                 diffs.append(f"{rel}: text differs")
         elif fa.read_bytes() != fb.read_bytes():
@@ -174,6 +185,28 @@ def _array_equal(a: Any, b: Any) -> bool:
     if a.dtype.kind in "fc":
         return bool(np.array_equal(a, b, equal_nan=True))
     return bool(np.array_equal(a, b))
+
+
+def _read_csv(path: Path, wd: str) -> pd.DataFrame:
+    table = pd.read_csv(io.StringIO(path.read_text().replace(wd, "<WD>")))
+    return table.drop(columns=[c for c in table.columns if c in IGNORED_KEYS])
+
+
+def _same_checkpoint(a: Path, b: Path) -> bool:
+    """Two torch checkpoints hold equal tensors and equal values (ignored keys left out)."""
+    ca = torch.load(a, map_location="cpu", weights_only=False)
+    cb = torch.load(b, map_location="cpu", weights_only=False)
+    return _same_value(_drop_ignored(ca), _drop_ignored(cb))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def _drop_ignored(obj: Any) -> Any:
