@@ -5,7 +5,8 @@ import re
 import pytest
 import yaml
 
-from tests.workflow_utils import REPO, copy_workflow, run_snakemake
+from tests.slurm.workflow_helpers import REPO
+from tests.workflow_utils import copy_workflow, run_snakemake
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_bad_config_fails_before_any_job_naming_the_key(wf, tmp_path, overlay, k
     bad.write_text(yaml.safe_dump(overlay))
     proc = run_snakemake(wf, "-n", "--cores", "1", "all", "--configfile", str(bad), check=False)
     assert proc.returncode != 0
-    text = proc.stdout + proc.stderr
+    text = proc.stdout
     assert "validating config" in text.lower() or "ValidationError" in text
     assert key in text
     assert "Job stats" not in text

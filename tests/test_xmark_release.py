@@ -227,17 +227,15 @@ def test_owner_and_release_dirs_must_be_disjoint(tmp_path: Path) -> None:
     check_separate(tmp_path / "owner", tmp_path / "release")
 
 
-def test_owner_dir_holds_the_secret_and_release_holds_none(dataset: dict[str, Path]) -> None:
-    info = _release(dataset)
-    out = dataset["root"] / "out"
-    gen = _generator()
-    owner = write_owner_dir(
-        out / "owner",
-        release_dir=out / "release",
+def _owner_dir(dataset, info, gen, owner_dir, release_dir, key):
+    """``write_owner_dir`` with the fixture's sources and fixed verification settings."""
+    return write_owner_dir(
+        owner_dir,
+        release_dir=release_dir,
         generator=gen,
         sources={R: (dataset["prep"], dataset["saliency"])},
         release_info=info,
-        key=1234567,
+        key=key,
         target_class=1,
         target_observation=OBS,
         uncertainty="u_zeros",
@@ -249,6 +247,13 @@ def test_owner_dir_holds_the_secret_and_release_holds_none(dataset: dict[str, Pa
         batch_size=4,
         device=CPU,
     )
+
+
+def test_owner_dir_holds_the_secret_and_release_holds_none(dataset: dict[str, Path]) -> None:
+    info = _release(dataset)
+    out = dataset["root"] / "out"
+    gen = _generator()
+    owner = _owner_dir(dataset, info, gen, out / "owner", out / "release", key=1234567)
     files = {p.name for p in (out / "owner").iterdir()}
     assert files == {"generator.pt", "owner.json", f"verification_r{R}.h5"}
     meta = json.loads((out / "owner" / "owner.json").read_text())
@@ -297,21 +302,4 @@ def test_owner_dir_holds_the_secret_and_release_holds_none(dataset: dict[str, Pa
     assert not any(pid in attr_text for pid in info["poisoned_ids"])
 
     with pytest.raises(ValueError, match="disjoint"):
-        write_owner_dir(
-            out / "release" / "owner",
-            release_dir=out / "release",
-            generator=gen,
-            sources={R: (dataset["prep"], dataset["saliency"])},
-            release_info=info,
-            key=1,
-            target_class=1,
-            target_observation=OBS,
-            uncertainty="u_zeros",
-            resolution=R,
-            tau=0.2,
-            alpha=0.01,
-            n_verify=4,
-            verify_seed=0,
-            batch_size=4,
-            device=CPU,
-        )
+        _owner_dir(dataset, info, gen, out / "release" / "owner", out / "release", key=1)

@@ -1,44 +1,25 @@
-"""Helpers for tests that run the Snakemake workflow in a scratch copy of the repository."""
+"""Checked wrappers over ``tests/slurm/workflow_helpers`` for tests that run the whole workflow."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.slurm.workflow_helpers import REPO, WORKFLOW_ENTRIES
-
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+from tests.slurm import workflow_helpers as helpers
 
 
 def copy_workflow(dest: Path) -> Path:
-    """Copy what the workflow needs (not results/ or .snakemake/) into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for part in WORKFLOW_ENTRIES:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, dest / part)
-    return dest
+    """A scratch working copy of the workflow (no results/ or .snakemake/)."""
+    return helpers.copy_workflow(helpers.REPO, dest, helpers.WORKFLOW_ENTRIES)
 
 
 def run_snakemake(
-    workdir: Path, *args: str, check: bool = True, timeout: int = 3600, env: dict | None = None
+    workdir: Path, *args: str, check: bool = True, timeout: int = 3600
 ) -> subprocess.CompletedProcess[str]:
-    """Run snakemake in ``workdir``; output captured as text."""
-    proc = subprocess.run(
-        [SNAKEMAKE, *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    """Run snakemake in ``workdir`` (stdout and stderr together); fail loudly unless ``check=False``."""
+    proc = helpers.run_snakemake(list(args), workdir, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-8000:]}"
         )
     return proc
