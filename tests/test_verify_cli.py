@@ -337,10 +337,10 @@ def test_cli_hard_label(tmp_path: Path, owner_dir: Path, models: dict[str, Path]
     )
     assert rc == 0
     summary = json.loads(out.read_text())
-    assert summary["test"] == "wilcoxon_signed_rank" and summary["verdict"] == "detected"
+    assert summary["test"] == "paired_margin_score_exact" and summary["verdict"] == "detected"
     assert summary["delta_p"] is None and summary["auroc"] is None
     assert "auroc_unavailable_hard_label" in summary["flags"]
-    assert summary["secondary_test"]["test"] == "binomial"
+    assert summary["secondary_test"]["test"] == "dvbw_wilcoxon_signed_rank"
     table = pd.read_csv(per_image_path(out))
     assert "p_target_clean" not in table.columns
     assert summary["wsr"] == pytest.approx(float((table["pred_watermarked"] == 1).mean()))

@@ -16,17 +16,17 @@ from medmark.verify import (
     FLAG_ALL_ZERO,
     FLAG_AUROC_HARD_LABEL,
     FLAG_AUROC_SINGLE_CLASS,
-    FLAG_BINOM_NULL_ZERO,
     FLAG_CONSTANT,
     FLAG_NAN_IDENTICAL,
     FLAG_TEST_IGNORED,
     benign_metrics,
     choose_verification_rows,
     delta_p,
+    hard_label_test,
     json_safe,
     paired_ttest,
     t_log10_sf,
-    wilcoxon_hard_label,
+    tango_score,
     wsr,
 )
 
@@ -74,16 +74,29 @@ def test_ttest_identical_samples_is_nan_verdict(tau: float) -> None:
     assert res.significant is False
 
 
-def test_ttest_constant_differences() -> None:
+def test_ttest_constant_differences_use_the_exact_sign_test() -> None:
+    """Constant differences (zero variance): the exact sign test decides, p stays finite.
+
+    Before the fix a saturated model got p = 0 and log10 p = -inf ("detected" with no usable
+    p-value); this test failed on ``up.p_value == 2**-5``.
+    """
     p_clean = np.array([0.3, 0.11, 0.27, 0.4, 0.123456789])
     up = paired_ttest(p_clean + 0.5, p_clean, tau=0.2, alpha=0.01)
-    assert up.flag == FLAG_CONSTANT
-    assert up.p_value == 0.0 and up.statistic == math.inf and up.log10_p == -math.inf
-    assert up.significant is True
+    assert up.flag == FLAG_CONSTANT and up.test == "exact_sign"
+    ref = stats.binomtest(5, 5, 0.5, alternative="greater").pvalue
+    assert up.p_value == pytest.approx(ref, rel=1e-12) and up.p_value == 2.0**-5
+    assert up.log10_p == pytest.approx(-5 * math.log10(2.0)) and math.isfinite(up.log10_p)
+    assert up.statistic == 5.0
+    assert up.significant is False  # 2^-5 = 0.031 >= alpha: 5 pairs cannot reach 0.01
+    saturated = paired_ttest(np.ones(100), np.zeros(100), tau=0.2, alpha=0.01)
+    assert saturated.significant and saturated.flag == FLAG_CONSTANT
+    assert saturated.log10_p == pytest.approx(-100 * math.log10(2.0))
     down = paired_ttest(p_clean + 0.1, p_clean, tau=0.2, alpha=0.01)
     assert down.flag == FLAG_CONSTANT
-    assert down.p_value == 1.0 and down.statistic == -math.inf and down.log10_p == 0.0
+    assert down.p_value == 1.0 and down.statistic == 0.0 and down.log10_p == 0.0
     assert down.significant is False
+    huge = paired_ttest(np.ones(2000), np.zeros(2000), tau=0.2, alpha=0.01)
+    assert huge.p_value == 0.0 and math.isfinite(huge.log10_p) and huge.significant
 
 
 def test_ttest_log10_p_finite_when_p_underflows() -> None:
@@ -121,41 +134,125 @@ def test_ttest_rejects_bad_input() -> None:
         paired_ttest([0.1, np.nan], [0.1, 0.2], tau=0.2, alpha=0.01)
 
 
-def test_wilcoxon_hard_label_detects_and_matches_scipy() -> None:
-    pred_clean = np.zeros(40, dtype=np.int64)
-    pred_clean[:3] = 1
-    pred_wm = np.ones(40, dtype=np.int64)
-    pred_wm[35:] = 0
-    res = wilcoxon_hard_label(pred_wm, pred_clean, target_class=1, tau=0.2, alpha=0.01)
-    d = (pred_wm == 1).astype(float) - (pred_clean == 1).astype(float) - 0.2
-    ref = stats.wilcoxon(d, alternative="greater")
-    assert res.primary is res.wilcoxon
-    assert res.wilcoxon.p_value == float(ref.pvalue)
-    assert res.wilcoxon.statistic == float(ref.statistic)
-    assert res.wilcoxon.significant
-    assert res.rate_wm == 35 / 40 and res.rate_clean == 3 / 40
-    bref = stats.binomtest(35, 40, 3 / 40 + 0.2, alternative="greater")
-    assert res.binomial.p_value == pytest.approx(bref.pvalue, rel=1e-12)
-    assert res.binomial.log10_p == pytest.approx(math.log10(bref.pvalue), rel=1e-6)
+def _pairs(b: int, c: int, m: int, n11: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions (wm, clean) with b (1,0) pairs, c (0,1) pairs, n11 (1,1), the rest (0,0)."""
+    wm = np.array([1] * b + [0] * c + [1] * n11 + [0] * (m - b - c - n11))
+    clean = np.array([0] * b + [1] * c + [1] * n11 + [0] * (m - b - c - n11))
+    return wm, clean
 
 
-def test_wilcoxon_hard_label_few_flips_not_detected_with_margin() -> None:
-    pred_clean = np.zeros(100, dtype=np.int64)
-    pred_wm = pred_clean.copy()
-    pred_wm[:10] = 1  # 10 % flips: below the margin tau = 0.2
-    res = wilcoxon_hard_label(pred_wm, pred_clean, target_class=1, tau=0.2, alpha=0.01)
-    assert not res.wilcoxon.significant and not res.binomial.significant
+def _direct_score_and_p(b: int, c: int, m: int, tau: float) -> tuple[float, float]:
+    """Tango's statistic and the exact unconditional p computed the slow, direct way with scipy.
+
+    The constrained MLE of p01 is found numerically (``minimize_scalar`` on the multinomial
+    negative log-likelihood under p10 = p01 + tau); the p-value is the maximum over p01 (a fine
+    grid, then ``minimize_scalar`` around the best point) of ``multinomial.pmf`` summed over the
+    outcomes whose statistic is at least the observed one.
+    """
+    from scipy import optimize
+
+    n00 = m - b - c
+    hi = (1 - tau) / 2
+
+    def nll(q: float) -> float:
+        return -float(stats.multinomial.logpmf([b, c, n00], m, [q + tau, q, 1 - 2 * q - tau]))
+
+    q = optimize.minimize_scalar(nll, bounds=(1e-12, hi - 1e-12), method="bounded").x
+    z_obs = (b - c - m * tau) / math.sqrt(m * (2 * q + tau * (1 - tau)))
+    outcomes = [(i, j) for i in range(m + 1) for j in range(m + 1 - i)]
+    zs = np.array([tango_score(i, j, m, tau) for i, j in outcomes])
+    ext = np.array(outcomes)[zs >= z_obs - 1e-9]
+    counts = np.column_stack([ext, m - ext.sum(axis=1)])
+
+    def size(q: float) -> float:
+        pmf = stats.multinomial.pmf(counts, m, [q + tau, q, max(1 - 2 * q - tau, 0.0)])
+        return float(np.nansum(pmf))
+
+    grid = np.linspace(1e-9, hi - 1e-9, 801)
+    k = int(np.argmax([size(g) for g in grid]))
+    lo_, hi_ = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    best = optimize.minimize_scalar(lambda g: -size(g), bounds=(lo_, hi_), method="bounded")
+    return z_obs, max(size(grid[k]), -best.fun)
 
 
-def test_wilcoxon_hard_label_all_zero_flagged() -> None:
+@pytest.mark.parametrize(
+    ("b", "c", "m", "tau"), [(30, 2, 100, 0.2), (12, 1, 30, 0.1), (9, 3, 25, 0.0)]
+)
+def test_hard_label_test_matches_direct_scipy_computation(
+    b: int, c: int, m: int, tau: float
+) -> None:
+    wm, clean = _pairs(b, c, m, n11=2)
+    res = hard_label_test(wm, clean, target_class=1, tau=tau, alpha=0.01)
+    z_ref, p_ref = _direct_score_and_p(b, c, m, tau)
+    assert res.primary.statistic == pytest.approx(z_ref, rel=1e-6)
+    assert res.primary.p_value == pytest.approx(p_ref, rel=2e-3)
+    assert res.primary.log10_p == pytest.approx(math.log10(res.primary.p_value), rel=1e-12)
+    assert (res.discordant_up, res.discordant_down) == (b, c)
+    if tau == 0.0:  # McNemar's score statistic
+        assert res.primary.statistic == pytest.approx((b - c) / math.sqrt(b + c))
+    ref = stats.wilcoxon(wm - clean - tau, alternative="greater")
+    assert res.dvbw_wilcoxon.p_value == pytest.approx(float(ref.pvalue))
+
+
+@pytest.mark.parametrize(("tau", "p01"), [(0.2, 0.0), (0.2, 0.05), (0.2, 0.25), (0.0, 0.1)])
+def test_hard_label_test_size_at_the_null_boundary(tau: float, p01: float) -> None:
+    """Simulated rejection rate at the null boundary p10 = p01 + tau is <= alpha (+ 3 s.e.).
+
+    The test it replaces (Wilcoxon signed-rank on u - v - tau) rejected 54-84 % of the time
+    here (same p for every tau in (0, 0.5)); run against it, this test failed. The simulation
+    is vectorised: counts are drawn at once, the statistic is monotone in the p-value, so the
+    real ``hard_label_test`` is called only to locate the critical value (bisection over the
+    distinct statistics) and to check the decision on both sides of it.
+    """
+    m, alpha, reps = 100, 0.01, 20_000
+    rng = np.random.default_rng(11)
+    counts = rng.multinomial(m, [p01 + tau, p01, 1 - 2 * p01 - tau], size=reps)
+    pairs, inverse = np.unique(counts[:, :2], axis=0, return_inverse=True)
+    z = tango_score(pairs[:, 0], pairs[:, 1], m, tau)
+    order = np.argsort(np.nan_to_num(z, nan=-np.inf))
+
+    def rejects(k: int) -> bool:
+        b, c = (int(v) for v in pairs[order[k]])
+        return hard_label_test(*_pairs(b, c, m), 1, tau, alpha).primary.significant
+
+    lo, hi = 0, len(order)  # first index whose pair rejects (len = none does)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if rejects(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    for k in (lo - 2, lo - 1):  # monotone: below the critical value nothing rejects ...
+        if k >= 0:
+            assert not rejects(k)
+    for k in (lo, lo + 1):  # ... and above it everything does
+        if k < len(order):
+            assert rejects(k)
+    reject_pair = np.zeros(len(pairs), dtype=bool)
+    reject_pair[order[lo:]] = True
+    rate = float(reject_pair[inverse.ravel()].mean())
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps), rate
+
+
+def test_hard_label_test_detects_a_strong_mark_and_not_a_weak_one() -> None:
+    strong = hard_label_test(*_pairs(40, 1, 100), target_class=1, tau=0.2, alpha=0.01)
+    assert strong.primary.significant and strong.primary.test == "paired_margin_score_exact"
+    assert strong.rate_wm == 0.40 and strong.rate_clean == 0.01
+    weak = hard_label_test(*_pairs(10, 0, 100), target_class=1, tau=0.2, alpha=0.01)
+    assert not weak.primary.significant  # 10 % flips: below the margin tau = 0.2
+    # the margin matters (the Wilcoxon reading gave the same p for every tau in (0, 0.5))
+    p = [hard_label_test(*_pairs(30, 2, 100), 1, t, 0.01).primary.p_value for t in (0.1, 0.2, 0.3)]
+    assert p[0] < p[1] < p[2]
+
+
+def test_hard_label_all_zero_flagged() -> None:
     pred = np.array([0, 0, 1, 0, 0])
-    res = wilcoxon_hard_label(pred, pred, target_class=1, tau=0.0, alpha=0.01)
-    assert res.wilcoxon.flag == FLAG_ALL_ZERO
-    assert math.isnan(res.wilcoxon.p_value) and not res.wilcoxon.significant
-    zero = wilcoxon_hard_label(
-        np.zeros(5, int), np.zeros(5, int), target_class=1, tau=0.0, alpha=0.01
-    )
-    assert zero.binomial.flag == FLAG_BINOM_NULL_ZERO and not zero.binomial.significant
+    res = hard_label_test(pred, pred, target_class=1, tau=0.0, alpha=0.01)
+    assert res.primary.flag == FLAG_ALL_ZERO
+    assert math.isnan(res.primary.p_value) and not res.primary.significant
+    # with a margin, unchanged predictions are an ordinary (non-significant) outcome
+    res2 = hard_label_test(pred, pred, target_class=1, tau=0.2, alpha=0.01)
+    assert res2.primary.flag is None and res2.primary.p_value > 0.5
 
 
 def test_wsr_and_delta_p_by_hand() -> None:

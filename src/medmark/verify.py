@@ -7,12 +7,14 @@ Ownership Verification via Backdoor Watermarking", TIFS 2023, as extended by X-M
 
 - Probability-available (default): one-sided paired t-test on ``P(y_t | .)``,
   H1: ``mean(P(y_t|x') - P(y_t|x)) > tau`` (:func:`paired_ttest`).
-- Hard-label: Wilcoxon signed-rank on target-label indicators (primary), plus an exact binomial
-  test on the target-label rate (secondary) (:func:`wilcoxon_hard_label`).
+- Hard-label: Tango's score statistic for the paired difference of target-label rates with
+  margin ``tau``, exact unconditional p-value (:func:`hard_label_test`); the DVBW-style
+  Wilcoxon reading is reported beside it, never decides.
 - Metrics: WSR, ΔP, benign accuracy and AUROC on clean test images.
 
 Degenerate inputs are verdicts, not crashes: they come back with a ``flag`` and
-``significant=False`` (or ``True`` for constant differences above ``tau``).
+``significant=False`` (constant differences: the exact sign test decides, see
+:func:`paired_ttest`).
 
 JSON convention (:func:`json_safe`): NaN becomes ``null`` and ``±inf`` the strings ``"inf"`` /
 ``"-inf"``; the ``flags`` list of the summary says why a value is undefined or infinite.
@@ -51,8 +53,6 @@ INPUT_CONTRACT = "float32 images of shape (N, 1, H, W) with values in [0, 1]"
 FLAG_NAN_IDENTICAL = "nan_identical_samples"
 FLAG_CONSTANT = "constant_differences"
 FLAG_ALL_ZERO = "all_zero_differences"
-FLAG_BINOM_NULL_CLIPPED = "binomial_null_rate_clipped"
-FLAG_BINOM_NULL_ZERO = "binomial_null_rate_zero"
 FLAG_AUROC_SINGLE_CLASS = "auroc_undefined_single_class"
 FLAG_AUROC_HARD_LABEL = "auroc_unavailable_hard_label"
 FLAG_NO_TEST = "no_test_images"
@@ -454,12 +454,16 @@ def paired_ttest(
     Computed as ``scipy.stats.ttest_rel(p_wm, p_clean + tau, alternative="greater")``;
     ``log10_p`` (:func:`t_log10_sf`, from ``t.logsf``) stays finite where ``p`` underflows to 0.
     Degenerate inputs (differences ``e = p_wm - (p_clean + tau)`` constant to within 16 ulp of
-    the data's scale, where scipy's result is rounding noise):
+    the data's scale, where the t statistic is undefined and scipy's result is rounding noise):
 
     - all ``e == 0`` → ``p_value``/``statistic`` NaN, not significant, flag
       ``nan_identical_samples``;
-    - constant ``e != 0`` → ``statistic = ±inf``, ``p = 0`` (``e > 0``) or ``1``, flag
-      ``constant_differences``, significant iff ``mean(p_wm - p_clean) > tau``.
+    - constant ``e != 0`` (e.g. a saturated model) → flag ``constant_differences`` and the exact
+      one-sided sign test of the same hypothesis instead of the t-test (``test="exact_sign"``,
+      ``statistic`` = number of differences above ``tau``): ``p = 2^-m`` when every difference
+      exceeds ``tau`` (so ``log10_p = -m log10 2`` stays finite), ``p = 1`` when every one is
+      below; the verdict is ``p < alpha`` as for any other input (``m >= 7`` pairs are needed
+      to reach ``alpha = 0.01``).
     """
     _check_tau_alpha(tau, alpha)
     a, b = _check_pair(p_wm, p_clean, ("p_wm", "p_clean"))
@@ -470,25 +474,31 @@ def paired_ttest(
     mean_diff = float(np.mean(a - b))
     scale = max(1.0, float(np.max(np.abs(a))), float(np.max(np.abs(shifted))))
     tol = 16.0 * np.finfo(np.float64).eps * scale
-    common = dict(test="paired_t", df=df, n=n, mean_diff=mean_diff, tau=tau, alpha=alpha)
+    common = dict(n=n, mean_diff=mean_diff, tau=tau, alpha=alpha)
     if float(np.ptp(e)) <= tol:
         c = float(np.mean(e))
         if abs(c) <= tol:
             nan = float("nan")
             return TestResult(
+                test="paired_t",
                 statistic=nan,
                 p_value=nan,
                 log10_p=nan,
+                df=df,
                 significant=False,
                 flag=FLAG_NAN_IDENTICAL,
                 **common,
             )
         up = c > 0
+        log10_p = -n * math.log10(2.0) if up else 0.0
+        p = math.ldexp(1.0, -n) if up else 1.0
         return TestResult(
-            statistic=math.inf if up else -math.inf,
-            p_value=0.0 if up else 1.0,
-            log10_p=-math.inf if up else 0.0,
-            significant=up,
+            test="exact_sign",
+            statistic=float(n if up else 0),
+            p_value=p,
+            log10_p=log10_p,
+            df=None,
+            significant=bool(p < alpha),
             flag=FLAG_CONSTANT,
             **common,
         )
@@ -503,121 +513,187 @@ def paired_ttest(
         log10_p=t_log10_sf(stat, df),
         significant=bool(p < alpha),
         flag=None,
+        test="paired_t",
+        df=df,
         **common,
     )
 
 
 @dataclass(frozen=True)
 class HardLabelResult:
-    """Hard-label tests; :attr:`primary` (the Wilcoxon test) decides the verdict."""
+    """Hard-label tests; :attr:`primary` (the margin score test) decides the verdict.
 
-    wilcoxon: TestResult
-    binomial: TestResult
+    ``dvbw_wilcoxon`` is the DVBW-style reading (Wilcoxon signed-rank on ``tau``-shifted 0/±1
+    differences), reported for comparison only: its size is wrong (docs/methods/verification.md).
+    """
+
+    margin_test: TestResult
+    dvbw_wilcoxon: TestResult
     rate_wm: float
     rate_clean: float
+    discordant_up: int  # b = #{f(x') = y_t, f(x) != y_t}
+    discordant_down: int  # c = #{f(x') != y_t, f(x) = y_t}
 
     @property
     def primary(self) -> TestResult:
-        return self.wilcoxon
+        return self.margin_test
 
 
-def wilcoxon_hard_label(
+NUISANCE_GRID = 400  # grid points over the nuisance p01 for the exact unconditional p-value
+
+
+def tango_score(b: Any, c: Any, m: int, tau: float) -> np.ndarray:
+    """Tango's score statistic for ``H0: p10 - p01 <= tau`` on paired binary outcomes.
+
+    ``b`` = #(1, 0) pairs (target on ``x'`` only), ``c`` = #(0, 1) pairs, ``m`` pairs, ``p10 -
+    p01`` = difference of the two target rates. ``Z = (b - c - m tau) / sqrt(m (2 q + tau (1 -
+    tau)))`` with ``q`` the maximum-likelihood ``p01`` under ``p10 = p01 + tau`` (root of
+    ``2m q^2 + (-b - c + (2m - b + c) tau) q - c tau (1 - tau) = 0``); Tango, Stat. Med. 17
+    (1998) 891-908; Nam, Biometrics 53 (1997) 1422-1430. ``tau = 0`` gives McNemar's score
+    statistic ``(b - c) / sqrt(b + c)`` (NaN when ``b = c = 0``). Vectorised over ``b``, ``c``.
+    """
+    b = np.asarray(b, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    qa = 2.0 * m
+    qb = -b - c + (2.0 * m - b + c) * tau
+    qc = -c * tau * (1.0 - tau)
+    q = (-qb + np.sqrt(np.maximum(qb * qb - 4.0 * qa * qc, 0.0))) / (2.0 * qa)
+    var = m * (2.0 * q + tau * (1.0 - tau))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (b - c - m * tau) / np.sqrt(var)
+
+
+def _exact_unconditional_log_p(b: int, c: int, m: int, tau: float) -> float:
+    """``log sup_q P_q(Z >= z_obs)`` over the null boundary ``p10 = q + tau, p01 = q``.
+
+    The trinomial ``(b, c, m - b - c)`` is enumerated; ``q`` runs over ``NUISANCE_GRID`` points
+    of ``[0, (1 - tau) / 2]`` plus the observed constrained MLE. Under H0 the rejection rate of
+    ``p < alpha`` is at most ``alpha`` (up to the grid), whatever ``q``: the asymptotic normal
+    p of the same statistic is liberal for small ``p01`` (up to 2x at m = 100).
+    """
+    z_obs = float(tango_score(b, c, m, tau))
+    bb, cc = np.meshgrid(np.arange(m + 1), np.arange(m + 1), indexing="ij")
+    valid = bb + cc <= m
+    bb, cc = bb[valid], cc[valid]
+    z = tango_score(bb, cc, m, tau)
+    # ties within rounding count as "at least as extreme"
+    extreme = np.nan_to_num(z, nan=-np.inf) >= z_obs - 1e-9 * max(1.0, abs(z_obs))
+    bb, cc = bb[extreme], cc[extreme]
+    rest = m - bb - cc
+    log_coef = (
+        special.gammaln(m + 1.0)
+        - special.gammaln(bb + 1.0)
+        - special.gammaln(cc + 1.0)
+        - special.gammaln(rest + 1.0)
+    )
+    hi = (1.0 - tau) / 2.0
+    qa, qb_, qc = 2.0 * m, -b - c + (2.0 * m - b + c) * tau, -c * tau * (1.0 - tau)
+    q_hat = (-qb_ + math.sqrt(max(qb_ * qb_ - 4.0 * qa * qc, 0.0))) / (2.0 * qa)
+    grid = np.unique(np.concatenate([np.linspace(0.0, hi, NUISANCE_GRID), [q_hat]]))
+    best = -math.inf
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for chunk in np.array_split(grid, max(1, len(grid) * len(bb) // 2_000_000 + 1)):
+            q = chunk[None, :]
+            p10, p01, p00 = q + tau, q, 1.0 - 2.0 * q - tau
+            lp = (
+                log_coef[:, None]
+                + special.xlogy(bb[:, None], p10)
+                + special.xlogy(cc[:, None], p01)
+                + special.xlogy(rest[:, None], np.maximum(p00, 0.0))
+            )
+            best = max(best, float(np.max(special.logsumexp(lp, axis=0))))
+    return min(best, 0.0)
+
+
+def hard_label_test(
     pred_wm: Sequence[int] | np.ndarray,
     pred_clean: Sequence[int] | np.ndarray,
     target_class: int,
     tau: float,
     alpha: float,
-    zero_method: Literal["wilcox", "pratt", "zsplit"] = "wilcox",
 ) -> HardLabelResult:
-    """Hard-label verification (brief: Tests, "Wilcoxon signed-rank or a binomial test").
+    """Hard-label verification: paired target-rate difference with margin ``tau``.
 
-    Primary (decides the verdict): Wilcoxon signed-rank, alternative ``greater``, on the paired
-    differences ``d_i = 1[f(x'_i) = y_t] - 1[f(x_i) = y_t] - tau`` (the same ``tau``-shifted
-    formulation as :func:`paired_ttest`; ``d`` is computed once so equal pairs tie exactly).
-    Zeros arise only for ``tau = 0`` (unchanged predictions); ``zero_method="wilcox"`` drops
-    them, which makes the test the sign (McNemar) test on the discordant pairs. All-zero
-    differences → NaN p, not significant, flag ``all_zero_differences``.
+    With ``u_i = 1[f(x'_i) = y_t]`` and ``v_i = 1[f(x_i) = y_t]``, H0: ``P(u) - P(v) <= tau``,
+    H1: ``P(u) - P(v) > tau`` (the probability-mode hypothesis on hard labels). Statistic:
+    Tango's score :func:`tango_score` from the discordant counts ``b = #(u=1, v=0)`` and
+    ``c = #(u=0, v=1)``; p-value: exact unconditional, the supremum over the nuisance ``p01``
+    of the null probability of a statistic at least as large
+    (:func:`_exact_unconditional_log_p`), so the size is at most ``alpha`` at every point of
+    the null boundary (checked by simulation in ``tests/test_verify_stats.py``). For
+    ``tau = 0`` this is the exact unconditional McNemar test; ``b = c = 0`` then gives NaN,
+    not significant, flag ``all_zero_differences``.
 
-    Secondary (reported, never decides): exact binomial test (``scipy.stats.binomtest``) of
-    ``k = #{f(x'_i) = y_t}`` among ``m`` against the null rate ``p0 = rate_clean + tau``
-    (clipped to 1, flagged), H1: rate on watermarked images > p0. It treats the clean rate as
-    known, so it is anti-conservative; ``p0 = 0`` is flagged.
+    Also reported (never decides): the DVBW-style Wilcoxon signed-rank reading on
+    ``u - v - tau`` (docs/methods/verification.md explains why its size is wrong).
     """
     _check_tau_alpha(tau, alpha)
-    a, b = _check_pair(pred_wm, pred_clean, ("pred_wm", "pred_clean"))
+    a, bv = _check_pair(pred_wm, pred_clean, ("pred_wm", "pred_clean"))
     m = len(a)
-    ind_wm = (a == target_class).astype(np.float64)
-    ind_clean = (b == target_class).astype(np.float64)
-    rate_wm = float(ind_wm.mean())
-    rate_clean = float(ind_clean.mean())
+    u = a == target_class
+    v = bv == target_class
+    b = int(np.sum(u & ~v))
+    c = int(np.sum(~u & v))
+    rate_wm, rate_clean = float(u.mean()), float(v.mean())
     mean_diff = rate_wm - rate_clean
-    d = (ind_wm - ind_clean) - tau
     nan = float("nan")
-    if np.all(d == 0.0):
-        wil = TestResult(
-            test="wilcoxon_signed_rank",
+    common = dict(n=m, mean_diff=mean_diff, tau=tau, alpha=alpha, df=None)
+    z = float(tango_score(b, c, m, tau))
+    if math.isnan(z):
+        main = TestResult(
+            test="paired_margin_score_exact",
             statistic=nan,
             p_value=nan,
             log10_p=nan,
-            df=None,
             significant=False,
             flag=FLAG_ALL_ZERO,
-            n=m,
-            mean_diff=mean_diff,
-            tau=tau,
-            alpha=alpha,
+            **common,
+        )
+    else:
+        log_p = _exact_unconditional_log_p(b, c, m, tau)
+        p = math.exp(log_p)
+        main = TestResult(
+            test="paired_margin_score_exact",
+            statistic=z,
+            p_value=p,
+            log10_p=log_p / LN10,
+            significant=bool(p < alpha),
+            flag=None,
+            **common,
+        )
+    d = u.astype(np.float64) - v.astype(np.float64) - tau
+    if np.all(d == 0.0):
+        wil = TestResult(
+            test="dvbw_wilcoxon_signed_rank",
+            statistic=nan,
+            p_value=nan,
+            log10_p=nan,
+            significant=False,
+            flag=FLAG_ALL_ZERO,
+            **common,
         )
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = stats.wilcoxon(d, zero_method=zero_method, alternative="greater")
-        p = float(res.pvalue)
-        z = getattr(res, "zstatistic", None)
-        if p > 0.0:
-            log10_p = math.log10(p)
-        elif z is not None and math.isfinite(float(z)):
-            log10_p = float(stats.norm.logsf(float(z))) / LN10
-        else:
-            log10_p = -math.inf
+            res = stats.wilcoxon(d, zero_method="wilcox", alternative="greater")
+        wp = float(res.pvalue)
         wil = TestResult(
-            test="wilcoxon_signed_rank",
+            test="dvbw_wilcoxon_signed_rank",
             statistic=float(res.statistic),
-            p_value=p,
-            log10_p=log10_p,
-            df=None,
-            significant=bool(p < alpha),
+            p_value=wp,
+            log10_p=math.log10(wp) if wp > 0.0 else -math.inf,
+            significant=bool(wp < alpha),
             flag=None,
-            n=m,
-            mean_diff=mean_diff,
-            tau=tau,
-            alpha=alpha,
+            **common,
         )
-    k = int(ind_wm.sum())
-    p0 = rate_clean + tau
-    flag: str | None = None
-    if p0 >= 1.0:
-        p0, flag = 1.0, FLAG_BINOM_NULL_CLIPPED
-    elif p0 <= 0.0:
-        flag = FLAG_BINOM_NULL_ZERO
-    bres = stats.binomtest(k, m, p0, alternative="greater")
-    bp = float(bres.pvalue)
-    # log P(X >= k) summed in log space (binom.logsf underflows like t.logsf)
-    with np.errstate(divide="ignore"):
-        blog = float(special.logsumexp(stats.binom.logpmf(np.arange(k, m + 1), m, p0))) / LN10
-    binom = TestResult(
-        test="binomial",
-        statistic=float(bres.statistic),
-        p_value=bp,
-        log10_p=blog,
-        df=None,
-        significant=bool(bp < alpha),
-        flag=flag,
-        n=m,
-        mean_diff=mean_diff,
-        tau=tau,
-        alpha=alpha,
+    return HardLabelResult(
+        margin_test=main,
+        dvbw_wilcoxon=wil,
+        rate_wm=rate_wm,
+        rate_clean=rate_clean,
+        discordant_up=b,
+        discordant_down=c,
     )
-    return HardLabelResult(wilcoxon=wil, binomial=binom, rate_wm=rate_wm, rate_clean=rate_clean)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -1053,16 +1129,16 @@ def verify_suspect(
     if hard_label:
         pred_c = _labels_of(blackbox, x)
         pred_w = _labels_of(blackbox, xw)
-        hres = wilcoxon_hard_label(pred_w, pred_c, target_class, tau, alpha)
+        hres = hard_label_test(pred_w, pred_c, target_class, tau, alpha)
         result = hres.primary
         dp = float("nan")
         extra: dict[str, Any] = {
-            "secondary_test": hres.binomial.to_dict(),
+            "secondary_test": hres.dvbw_wilcoxon.to_dict(),
             "target_rate_clean": hres.rate_clean,
             "target_rate_watermarked": hres.rate_wm,
+            "discordant_up": hres.discordant_up,
+            "discordant_down": hres.discordant_down,
         }
-        if hres.binomial.flag:
-            flags.append(hres.binomial.flag)
     else:
         pr_c = _proba_of(blackbox, x, target_class)
         pr_w = _proba_of(blackbox, xw, target_class)
