@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from scipy import stats
 
 from medmark.cli import main, per_image_path
 from medmark.errors import DataFormatError
+from medmark.io import sha256_file
 from medmark.verify import (
     FLAG_NO_TEST,
     BlackBox,
@@ -115,6 +118,11 @@ def owner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         h5["test_images"] = test
         h5["test_labels"] = test_labels
+    owner["verification_file"] = "verification.h5"
+    owner["verification"] = {
+        str(R): {"file": "verification.h5", "sha256": sha256_file(d / "verification.h5")}
+    }
+    (d / "owner.json").write_text(json.dumps(owner))
     return d
 
 
@@ -371,6 +379,8 @@ def test_cli_bad_inputs_exit_2(
     with h5py.File(broken / "verification.h5", "w") as h5:
         h5["clean"] = np.zeros((3, R, R), np.uint8)
         h5["watermarked"] = np.zeros((3, R, R), np.uint8)
+    meta["verification"][str(R)]["sha256"] = sha256_file(broken / "verification.h5")
+    (broken / "owner.json").write_text(json.dumps(meta))
     rc, _ = _verify(tmp_path, models["marked_probs"], broken)
     err = capsys.readouterr().err
     assert rc == 2 and "verification.h5" in err and "'ids'" in err
@@ -394,7 +404,6 @@ def test_cli_release_layout_per_resolution(
     tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The X-Mark release writes ``verification_r{res}.h5`` per resolution, named in owner.json."""
-    from medmark.io import sha256_file
 
     d = tmp_path / "owner"
     d.mkdir()
@@ -463,3 +472,175 @@ def test_console_script(tmp_path: Path, owner_dir: Path, models: dict[str, Path]
     summary = json.loads(out.read_text())
     assert summary["tau"] == 0.1 and summary["params"]["tau_source"] == "--tau"
     assert (tmp_path / "v.per_image.csv").is_file()
+
+
+# --------------------------------------------------------------------------- hostile or confused input
+
+
+def test_logits_declared_on_a_probability_model_is_refused(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--output logits`` on a model returning probabilities: refused, no verdict written.
+
+    Before the fix it only warned, softmaxed the probabilities a second time (halving ΔP) and
+    wrote a verdict (rc 0): this test failed on ``rc == 2``.
+    """
+    rc, out = _verify(tmp_path, models["marked_probs"], owner_dir, "--output", "logits")
+    err = capsys.readouterr().err
+    assert rc == 2 and "declared logits" in err and "Drop --output logits" in err
+    assert not out.exists() and not per_image_path(out).exists()
+
+
+def _owner_copy(tmp_path: Path, owner_dir: Path, **changes: object) -> Path:
+    d = tmp_path / "owner_copy"
+    d.mkdir()
+    (d / "verification.h5").write_bytes((owner_dir / "verification.h5").read_bytes())
+    meta = json.loads((owner_dir / "owner.json").read_text())
+    meta.update(changes)
+    (d / "owner.json").write_text(json.dumps(meta))
+    return d
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute"])
+def test_owner_files_must_stay_inside_the_owner_dir(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], where: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """``verification_file`` of ``../…`` or an absolute path is refused (it skipped the hash).
+
+    Before the fix the file outside was loaded without its sha256 being checked (rc 0).
+    """
+    outside = tmp_path / "elsewhere.h5"
+    outside.write_bytes((owner_dir / "verification.h5").read_bytes())
+    name = "../elsewhere.h5" if where == "parent" else str(outside)
+    d = _owner_copy(tmp_path, owner_dir, verification_file=name)
+    rc, out = _verify(tmp_path, models["marked_probs"], d)
+    err = capsys.readouterr().err
+    assert rc == 2 and "verification_file" in err and "owner.json" in err
+    assert not out.exists()
+
+
+def test_owner_sha256_is_required_checked_and_recorded(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A verification file without a recorded sha256 is refused; the checked hash is recorded.
+
+    Before the fix a missing sha256 was accepted silently and the verdict did not say which
+    verification file (by content) it was computed on.
+    """
+    d = _owner_copy(tmp_path, owner_dir)
+    meta = json.loads((d / "owner.json").read_text())
+    del meta["verification"][str(R)]["sha256"]
+    (d / "owner.json").write_text(json.dumps(meta))
+    rc, _ = _verify(tmp_path, models["marked_probs"], d)
+    err = capsys.readouterr().err
+    assert rc == 2 and "verification.16.sha256" in err and "missing" in err
+    rc, out = _verify(tmp_path, models["marked_probs"], owner_dir)
+    assert rc == 0
+    summary = json.loads(out.read_text())
+    assert summary["params"]["verification_sha256"] == sha256_file(owner_dir / "verification.h5")
+
+
+def test_out_never_overwrites_inputs_and_bad_out_exits_2(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out`` = the model, inside the owner dir, a directory, under a file, too long: exit 2.
+
+    Before the fix the first two overwrote the suspect model / the owner's secret, the others
+    gave a traceback (exit 1) and left an orphan per-image CSV.
+    """
+    model = tmp_path / "suspect.pt"
+    model.write_bytes(models["marked_probs"].read_bytes())
+    before = {p: p.read_bytes() for p in [model, *owner_dir.iterdir()]}
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    (tmp_path / "adir").mkdir()
+    cases = {
+        str(model): "would overwrite the suspect model",
+        str(owner_dir / "verdict.json"): "inside the owner directory",
+        str(owner_dir / "owner.json"): "would overwrite",
+        str(tmp_path / "adir"): "is a directory",
+        str(afile / "verdict.json"): "which is a file",
+        str(tmp_path / ("v" * 250 + ".json")): "too long",
+    }
+    for out, message in cases.items():
+        argv = ["verify", "--model", str(model), "--owner-dir", str(owner_dir), "--out", out]
+        assert main(argv) == 2, out
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (out, err)
+    # a per-image CSV name that collides with the model is refused as well
+    assert main(["verify", "--model", str(tmp_path / "v.per_image.csv"), "--owner-dir",
+                 str(owner_dir), "--out", str(tmp_path / "v.json")]) == 2  # fmt: skip
+    assert "suspect model" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "suspect.pt"]
+
+
+def test_write_verification_leaves_no_partial_pair(tmp_path: Path, monkeypatch) -> None:
+    """When the JSON cannot be put in place, the CSV written just before is removed again."""
+    from medmark import verify as v
+
+    real = os.replace
+
+    def failing(src: object, dst: object) -> None:
+        if str(dst).endswith(".json"):
+            raise OSError("disk full")
+        real(src, dst)
+
+    monkeypatch.setattr(v.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        v.write_verification({"a": 1}, pd.DataFrame({"x": [1]}), tmp_path / "o.json",
+                             tmp_path / "o.per_image.csv")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+class RgbModel(torch.nn.Module):
+    """Takes (N, 3, H, W): a 3-channel convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def test_three_channel_model_short_message_and_channels_3(
+    tmp_path: Path, owner_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 3-channel TorchScript model: one short exact line, and ``--channels 3`` works.
+
+    Before the fix the message carried the 40-line TorchScript trace and suggested
+    --input-resolution.
+    """
+    path = tmp_path / "rgb.pt"
+    torch.jit.script(RgbModel()).save(str(path))
+    rc, _ = _verify(tmp_path, path, owner_dir, "--output", "logits")
+    err = capsys.readouterr().err
+    assert rc == 2 and "expects 3-channel input" in err and "--channels 3" in err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 700, err
+    rc, out = _verify(tmp_path, path, owner_dir, "--output", "logits", "--channels", "3")
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["params"]["channels"] == 3
+
+
+def test_directory_as_model_is_named_a_directory(
+    tmp_path: Path, owner_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before the fix a directory given as --model was reported as "not found"."""
+    d = tmp_path / "model.pt"
+    d.mkdir()
+    rc, _ = _verify(tmp_path, d, owner_dir)
+    assert rc == 2 and "is a directory" in capsys.readouterr().err
+
+
+def test_python_dash_m_medmark(tmp_path: Path) -> None:
+    """``python -m medmark`` works like the console script (no ``__main__`` before the fix)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "medmark", "verify", "--help"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "--owner-dir" in proc.stdout and "--channels" in proc.stdout

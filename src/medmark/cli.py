@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +21,54 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 
 
+TEMP_NAME_EXTRA = 16  # ".{name}." + 8 random characters + ".tmp" of the temporary files
+
+
 def per_image_path(out: Path) -> Path:
     """The per-image CSV written beside ``out``: ``verdict.json`` → ``verdict.per_image.csv``."""
     return out.with_name(f"{out.stem}.per_image.csv")
+
+
+def check_outputs(out: Path, protected: dict[str, Path]) -> None:
+    """Refuse an ``--out`` that cannot be written or would overwrite an input, before any work.
+
+    ``protected`` maps a description to a file or directory (the suspect model, the owner
+    directory) that neither ``out`` nor its per-image CSV may be or lie inside.
+    """
+    pair = (out, per_image_path(out))
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DataFormatError(
+            f"{out} lies under {ancestor}, which is a file, not a directory", field="--out"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise DataFormatError(f"cannot write into {ancestor}", field="--out")
+    try:
+        name_max = os.pathconf(ancestor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for path in pair:
+        n = len(os.fsencode(path.name))
+        if n + TEMP_NAME_EXTRA > name_max:
+            raise DataFormatError(
+                f"file name {path.name[:40]}… is too long ({n} bytes; at most "
+                f"{name_max - TEMP_NAME_EXTRA} here, room kept for the temporary file)",
+                field="--out",
+            )
+    for path in pair:
+        real = path.resolve()
+        for what, p in protected.items():
+            pr = p.resolve()
+            if real == pr or (pr.is_dir() and real.is_relative_to(pr)):
+                raise DataFormatError(
+                    f"{path} would overwrite {'' if real == pr else 'a file inside '}{what} "
+                    f"({p}); choose another --out",
+                    field="--out",
+                )
+        if path.is_dir():
+            raise DataFormatError(f"{path} is a directory; --out takes a file name", field="--out")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -83,6 +129,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--batch-size", type=int, default=64)
     v.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="input channels the model takes; 3 repeats the grey channel (RGB models)",
+    )
+    v.add_argument(
         "--input-resolution",
         type=int,
         default=None,
@@ -102,6 +155,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     from medmark.io import sha256_file
     from medmark.runtime import resolve_device
     from medmark.verify import (
+        check_model_file,
         load_blackbox,
         load_owner_verification,
         verify_suspect,
@@ -116,6 +170,10 @@ def _run_verify(args: argparse.Namespace) -> int:
         )
     if args.resolution is not None and args.resolution < 1:
         raise DataFormatError(f"must be >= 1, got {args.resolution}", field="--resolution")
+    protected = {"the suspect model": args.model, "the owner directory": args.owner_dir}
+    if args.verification_file is not None:
+        protected["the verification file"] = args.verification_file
+    check_outputs(args.out, protected)
     owner = load_owner_verification(args.owner_dir, args.resolution, args.verification_file)
     tau = owner.tau if args.tau is None else args.tau
     alpha = owner.alpha if args.alpha is None else args.alpha
@@ -130,8 +188,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         device = resolve_device("cpu" if is_onnx and args.device == "auto" else args.device)
     except RuntimeError as e:
         raise DataFormatError(str(e), field="--device") from e
-    if not args.model.is_file():
-        raise DataFormatError("model file not found", file=str(args.model))
+    check_model_file(args.model)
     bb = load_blackbox(
         args.model,
         kind=args.format,
@@ -139,6 +196,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         input_resolution=args.input_resolution,
         output=args.output,
+        channels=args.channels,
     )
     params = {
         "model": str(args.model),
@@ -147,6 +205,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         "method": owner.method,
         "verify_seed": owner.verify_seed,
         "verification_file": str(owner.verification_file),
+        "verification_sha256": owner.verification_sha256,
+        "channels": args.channels,
         "resolution": owner.resolution,
         "input_resolution": args.input_resolution,
         "output": args.output,
@@ -169,7 +229,10 @@ def _run_verify(args: argparse.Namespace) -> int:
         ids=owner.ids,
     )
     csv_path = per_image_path(args.out)
-    write_verification(summary, per_image, args.out, csv_path)
+    try:
+        write_verification(summary, per_image, args.out, csv_path)
+    except OSError as e:
+        raise DataFormatError(f"cannot write the verdict: {e}", file=str(args.out)) from e
     flags = f" flags={','.join(summary['flags'])}" if summary["flags"] else ""
     print(
         f"{summary['verdict']}: {summary['test']} p={summary['p_value']:.3g} "

@@ -26,6 +26,8 @@ import json
 import logging
 import math
 import os
+import re
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +40,6 @@ import torch
 from scipy import special, stats
 
 from medmark.errors import DataFormatError
-from medmark.io import atomic_path, write_json_atomic
 from medmark.train import resize_batch
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 OutputKind = Literal["probs", "logits"]
 OUTPUT_KINDS: tuple[str, ...] = ("probs", "logits")
 PROB_SUM_TOL = 1e-3
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 LN10 = math.log(10.0)
 INPUT_CONTRACT = "float32 images of shape (N, 1, H, W) with values in [0, 1]"
 
@@ -105,7 +107,8 @@ def outputs_to_proba(
     """Check a model's raw output and return ``(N, K)`` float64 probabilities.
 
     ``output="probs"``: rows must lie in ``[0, 1]`` and sum to ``1 ± 1e-3`` (else an error that
-    says so and suggests ``--output logits``). ``output="logits"``: softmax is always applied.
+    says so and suggests ``--output logits``). ``output="logits"``: softmax is applied; rows that
+    all already look like probabilities are refused (a second softmax halves ΔP).
     """
     arr = np.asarray(raw)
     if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] < 2:
@@ -126,10 +129,13 @@ def outputs_to_proba(
     )
     if output == "logits":
         if looks_like_probs:
-            log.warning(
-                "%s: outputs were declared logits but every row already looks like a "
-                "probability vector; softmax applied as declared",
-                source or "model",
+            raise DataFormatError(
+                f"outputs were declared logits (--output logits) but every row of the "
+                f"{arr.shape} output already is a probability vector (values in [0, 1], rows "
+                f"summing to 1 ± {PROB_SUM_TOL:g}); a second softmax would shrink ΔP. Drop "
+                "--output logits (the default, probs, is right for this model)",
+                file=source,
+                field="output",
             )
         return softmax_np(arr)
     if output != "probs":
@@ -146,6 +152,42 @@ def outputs_to_proba(
     return arr
 
 
+CHANNELS = (1, 3)
+_CHANNELS_TORCH = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels")
+_CHANNELS_ORT = re.compile(r"index: 1 Got: \d+ Expected: (\d+)")
+
+
+def short_error(e: BaseException, limit: int = 300) -> str:
+    """One line of an exception: the last non-empty line (TorchScript puts its trace first)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def expected_channels(message: str, declared: int | None = None) -> int | None:
+    """The input channel count a model asked for, from its error message or declared shape."""
+    for pattern in (_CHANNELS_TORCH, _CHANNELS_ORT):
+        m = pattern.search(message)
+        if m:
+            return int(m.group(1))
+    return declared
+
+
+def check_model_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path if it is a regular file, else a DataFormatError saying what it is."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataFormatError(
+            "is a directory; --model takes a model file (TorchScript .pt/.pth or ONNX .onnx)",
+            file=str(path),
+        )
+    if not path.exists():
+        raise DataFormatError("model file not found", file=str(path))
+    if not path.is_file():
+        raise DataFormatError("not a regular file", file=str(path))
+    return path
+
+
 class _BatchedBlackBox:
     """Shared batching, input checks and output checks of the adapters."""
 
@@ -156,7 +198,10 @@ class _BatchedBlackBox:
         batch_size: int,
         input_resolution: int | None,
         output: OutputKind,
+        channels: int = 1,
     ) -> None:
+        if channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if input_resolution is not None and input_resolution < 1:
@@ -167,12 +212,21 @@ class _BatchedBlackBox:
         self.batch_size = int(batch_size)
         self.input_resolution = input_resolution
         self.output: OutputKind = output
+        self.channels = channels
+
+    def _model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """Resize (``input_resolution``) and repeat the grey channel (``channels == 3``)."""
+        x = resize_batch(batch, self.input_resolution)
+        return x.repeat(1, 3, 1, 1) if self.channels == 3 else x
 
     def _raw(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _expected_input(self) -> str:
         return ""
+
+    def _declared_channels(self) -> int | None:
+        return None
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         x = check_images(images)
@@ -185,12 +239,24 @@ class _BatchedBlackBox:
                 raise
             except Exception as e:
                 r = self.input_resolution
-                fed = batch.shape if r is None else (len(batch), 1, r, r)
+                h, w = batch.shape[2:] if r is None else (r, r)
+                fed = (len(batch), self.channels, h, w)
+                detail = short_error(e)
+                want = expected_channels(detail, self._declared_channels())
+                if want is not None and want != self.channels:
+                    hint = (
+                        f"the model expects {want}-channel input, medmark fed {self.channels} "
+                        "(grey)"
+                        + ("; pass --channels 3 to repeat the grey channel" if want == 3 else "")
+                    )
+                else:
+                    hint = (
+                        f"medmark feeds every model {INPUT_CONTRACT}{self._expected_input()}; "
+                        "if the model needs another input size pass --input-resolution"
+                    )
                 raise DataFormatError(
-                    f"the model raised {type(e).__name__} ({e}) when fed a batch of shape "
-                    f"{tuple(fed)}: medmark feeds every model {INPUT_CONTRACT}"
-                    f"{self._expected_input()}; if the model needs another input size pass "
-                    "--input-resolution",
+                    f"the model raised {type(e).__name__} ({detail}) when fed a batch of shape "
+                    f"{fed}: {hint}",
                     file=self.source,
                     field="input",
                 ) from e
@@ -216,16 +282,21 @@ class TorchBlackBox(_BatchedBlackBox):
         input_resolution: int | None = None,
         output: OutputKind = "logits",
         source: str = "torch model",
+        channels: int = 1,
     ) -> None:
         super().__init__(
-            source=source, batch_size=batch_size, input_resolution=input_resolution, output=output
+            source=source,
+            batch_size=batch_size,
+            input_resolution=input_resolution,
+            output=output,
+            channels=channels,
         )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
     @torch.no_grad()
     def _raw(self, batch: np.ndarray) -> np.ndarray:
-        x = resize_batch(torch.from_numpy(batch).to(self.device), self.input_resolution)
+        x = self._model_input(torch.from_numpy(batch).to(self.device))
         y = self.model(x)
         if not isinstance(y, torch.Tensor):
             raise DataFormatError(
@@ -246,10 +317,9 @@ class TorchScriptBlackBox(TorchBlackBox):
         batch_size: int = 64,
         input_resolution: int | None = None,
         output: OutputKind = "probs",
+        channels: int = 1,
     ) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise DataFormatError("model file not found", file=str(path))
+        path = check_model_file(path)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated")
@@ -267,6 +337,7 @@ class TorchScriptBlackBox(TorchBlackBox):
             input_resolution=input_resolution,
             output=output,
             source=str(path),
+            channels=channels,
         )
 
 
@@ -280,12 +351,11 @@ class OnnxBlackBox(_BatchedBlackBox):
         input_resolution: int | None = None,
         output: OutputKind = "probs",
         threads: int | None = None,
+        channels: int = 1,
     ) -> None:
         import onnxruntime as ort
 
-        path = Path(path)
-        if not path.is_file():
-            raise DataFormatError("model file not found", file=str(path))
+        path = check_model_file(path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
@@ -310,13 +380,18 @@ class OnnxBlackBox(_BatchedBlackBox):
             batch_size=batch_size,
             input_resolution=input_resolution,
             output=output,
+            channels=channels,
         )
 
     def _expected_input(self) -> str:
         return f" (this ONNX model declares input {self.input_name!r} of shape {self.input_shape})"
 
+    def _declared_channels(self) -> int | None:
+        c = self.input_shape[1] if len(self.input_shape) == 4 else None
+        return c if isinstance(c, int) else None
+
     def _raw(self, batch: np.ndarray) -> np.ndarray:
-        x = resize_batch(torch.from_numpy(batch), self.input_resolution).numpy()
+        x = self._model_input(torch.from_numpy(batch)).numpy()
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0]
 
 
@@ -331,10 +406,12 @@ def load_blackbox(
     batch_size: int = 64,
     input_resolution: int | None = None,
     output: OutputKind = "probs",
+    channels: int = 1,
 ) -> BlackBox:
     """Open a suspect file as a black box; ``kind="auto"`` picks by extension.
 
     ``.pt``/``.pth`` → TorchScript (``torch.jit.load``), ``.onnx`` → onnxruntime (CPU only).
+    ``channels=3`` repeats the grey channel for models that take RGB input.
     """
     path = Path(path)
     if kind == "auto":
@@ -352,6 +429,7 @@ def load_blackbox(
             batch_size=batch_size,
             input_resolution=input_resolution,
             output=output,
+            channels=channels,
         )
     if kind == "onnx":
         if torch.device(device).type != "cpu":
@@ -361,7 +439,11 @@ def load_blackbox(
                 file=str(path),
             )
         return OnnxBlackBox(
-            path, batch_size=batch_size, input_resolution=input_resolution, output=output
+            path,
+            batch_size=batch_size,
+            input_resolution=input_resolution,
+            output=output,
+            channels=channels,
         )
     raise ValueError(f"kind must be auto, torchscript or onnx, got {kind!r}")
 
@@ -851,6 +933,7 @@ class OwnerVerification:
 
     owner_dir: Path
     verification_file: Path
+    verification_sha256: str  # checked against owner.json
     meta: dict[str, Any]
     target_class: int
     tau: float
@@ -915,14 +998,51 @@ def _read_owner_json(owner_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def _verification_entry(meta: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    """The ``owner.json["verification"][res]`` entry whose ``file`` is ``name`` (or empty)."""
-    entries = meta.get("verification")
-    if isinstance(entries, Mapping):
-        for entry in entries.values():
-            if isinstance(entry, Mapping) and entry.get("file") == name:
-                return entry
-    return {}
+def _owner_file(owner_dir: Path, name: Any, jpath: Path, field: str) -> Path:
+    """``owner_dir / name`` for a relative ``name`` that stays inside ``owner_dir`` (links too)."""
+    if not isinstance(name, str) or not name:
+        raise DataFormatError(f"expected a file name, got {name!r}", file=str(jpath), field=field)
+    pp = Path(name)
+    if pp.is_absolute() or ".." in pp.parts or "\\" in name:
+        raise DataFormatError(
+            f"{name!r} must be a path relative to the owner directory, without '..'",
+            file=str(jpath),
+            field=field,
+        )
+    full = owner_dir / pp
+    if not full.resolve().is_relative_to(owner_dir.resolve()):
+        raise DataFormatError(
+            f"{name!r} resolves outside the owner directory {owner_dir}",
+            file=str(jpath),
+            field=field,
+        )
+    return full
+
+
+def _verification_entries(owner_dir: Path, meta: Mapping[str, Any]) -> dict[Path, dict]:
+    """Every verification file named in ``owner.json`` → its entry (with a checked ``sha256``)."""
+    jpath = owner_dir / "owner.json"
+    entries = meta.get("verification", {})
+    if not isinstance(entries, Mapping):
+        raise DataFormatError(
+            "expected an object {resolution: {file, sha256}}", file=str(jpath), field="verification"
+        )
+    out: dict[Path, dict] = {}
+    for res, entry in entries.items():
+        where = f"verification.{res}"
+        if not isinstance(entry, Mapping):
+            raise DataFormatError("expected an object {file, sha256}", file=str(jpath), field=where)
+        path = _owner_file(owner_dir, entry.get("file"), jpath, f"{where}.file")
+        sha = entry.get("sha256")
+        if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+            raise DataFormatError(
+                f"sha256 of {path.name} missing or not 64 hex digits ({sha!r}); every owner file "
+                "needs its recorded hash",
+                file=str(jpath),
+                field=f"{where}.sha256",
+            )
+        out[path.resolve()] = {**entry, "resolution_key": str(res)}
+    return out
 
 
 def _resolve_verification_file(
@@ -931,16 +1051,25 @@ def _resolve_verification_file(
     resolution: int | None,
     verification_file: str | os.PathLike[str] | None,
 ) -> Path:
+    jpath = owner_dir / "owner.json"
     if verification_file is not None:
-        return Path(verification_file)
+        path = Path(verification_file)
+        if not path.resolve().is_relative_to(owner_dir.resolve()):
+            raise DataFormatError(
+                f"verification file {path} is outside the owner directory {owner_dir}",
+                file=str(path),
+            )
+        return path
     if resolution is not None:
         entries = meta.get("verification")
         entry = entries.get(str(resolution)) if isinstance(entries, Mapping) else None
-        if isinstance(entry, Mapping) and isinstance(entry.get("file"), str):
-            return owner_dir / entry["file"]
+        if isinstance(entry, Mapping):
+            return _owner_file(
+                owner_dir, entry.get("file"), jpath, f"verification.{resolution}.file"
+            )
         return owner_dir / f"verification_r{resolution}.h5"
-    if isinstance(meta.get("verification_file"), str):
-        return owner_dir / meta["verification_file"]
+    if "verification_file" in meta:
+        return _owner_file(owner_dir, meta["verification_file"], jpath, "verification_file")
     return owner_dir / "verification.h5"
 
 
@@ -954,7 +1083,10 @@ def load_owner_verification(
     The HDF5 is ``verification_file`` if given, else the one for ``resolution``
     (``owner.json["verification"][str(res)]["file"]``, or ``verification_r{res}.h5``), else
     ``owner.json["verification_file"]`` (the X-Mark release writes one per resolution), else
-    ``verification.h5``. When ``owner.json`` records a sha256 for that file it must match.
+    ``verification.h5``. Every file named in ``owner.json`` must stay inside ``owner_dir``
+    (relative, no ``..``, links resolved), and the loaded file must be listed in
+    ``owner.json["verification"]`` with a sha256 that matches (returned as
+    ``verification_sha256``).
     Content: ``clean``/``watermarked`` uint8 ``(m, R, R)``, ``ids`` str ``(m,)``, optional
     ``test_images`` uint8 ``(n, R, R)`` with ``test_labels`` int ``(n,)``. Images are returned
     as float32 ``(N, 1, R, R)``, ``x = u8 / 255``.
@@ -974,10 +1106,18 @@ def load_owner_verification(
             "verification)",
             file=str(hpath),
         )
-    entry = _verification_entry(meta, hpath.name) if hpath.parent == owner_dir else {}
-    if "sha256" in entry and sha256_file(hpath) != entry["sha256"]:
+    entry = _verification_entries(owner_dir, meta).get(hpath.resolve())
+    if entry is None:
         raise DataFormatError(
-            "sha256 differs from the one recorded in owner.json (file changed after release)",
+            f"{hpath.name} is not listed in owner.json's 'verification' entries, so its sha256 "
+            "cannot be checked; only files the release recorded are used",
+            file=str(hpath),
+        )
+    verification_sha256 = sha256_file(hpath)
+    if verification_sha256 != entry["sha256"].lower():
+        raise DataFormatError(
+            f"sha256 differs from the one recorded in owner.json (file changed after release): "
+            f"recorded {entry['sha256']}, found {verification_sha256}",
             file=str(hpath),
         )
     try:
@@ -1043,6 +1183,7 @@ def load_owner_verification(
     return OwnerVerification(
         owner_dir=owner_dir,
         verification_file=hpath,
+        verification_sha256=verification_sha256,
         meta=meta,
         target_class=int(meta["target_class"]),
         tau=float(meta["tau"]),
@@ -1231,9 +1372,30 @@ def write_verification(
     summary_json: str | os.PathLike[str],
     per_image_csv: str | os.PathLike[str],
 ) -> None:
-    """Write the per-image CSV and the JSON summary, each atomically (CSV first)."""
-    with atomic_path(per_image_csv) as tmp:
-        per_image.to_csv(tmp, index=False)
+    """Write the per-image CSV and the JSON summary as a pair: both or neither.
+
+    Both go to temporary files beside their targets first; the CSV is renamed into place, then
+    the JSON, and when the JSON's rename fails the new CSV is removed again.
+    """
     safe = json_safe(dict(summary))
-    json.dumps(safe, allow_nan=False)  # strict JSON or an error here, never a bad file
-    write_json_atomic(summary_json, safe)
+    text = json.dumps(safe, allow_nan=False, indent=2, sort_keys=True) + "\n"  # strict JSON
+    summary_json, per_image_csv = Path(summary_json), Path(per_image_csv)
+    tmps: list[Path] = []
+    try:
+        for final in (per_image_csv, summary_json):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            os.close(fd)
+            os.chmod(name, 0o644)
+            tmps.append(Path(name))
+        per_image.to_csv(tmps[0], index=False)
+        tmps[1].write_text(text)
+        os.replace(tmps[0], per_image_csv)
+        try:
+            os.replace(tmps[1], summary_json)
+        except BaseException:
+            per_image_csv.unlink(missing_ok=True)
+            raise
+    finally:
+        for t in tmps:
+            t.unlink(missing_ok=True)

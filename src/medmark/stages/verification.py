@@ -67,6 +67,7 @@ def run_verification(
             "verify_seed": ov.verify_seed,
             "owner_key": ov.meta.get("key"),
             "verification_file": str(verification_h5),
+            "verification_sha256": ov.verification_sha256,
             "query_resolution": ov.resolution,
         },
         ids=ov.ids,
