@@ -1,4 +1,5 @@
-# Two entry points (README): `make run` (main job on the embedded default) and `make test`.
+# Entry points (README): `make run` (main job on the embedded default), `make test` (the fast
+# layer: everything but the tests marked `heavy`) and `make test-all` (everything; what CI runs).
 # Both create .venv and install the pinned requirements first when they are missing or changed.
 VENV ?= .venv
 PYTHON ?= python3
@@ -6,13 +7,16 @@ CORES ?= 2
 REQS := envs/requirements.txt envs/requirements-dev.txt pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha256sum | cut -c1-12)
 
-.PHONY: run test install lint report clean-results
+.PHONY: run test test-all install lint report clean-results
 
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) all
 	$(VENV)/bin/snakemake --cores $(CORES) all --report results/report.html
 
 test: $(STAMP)
+	$(VENV)/bin/pytest -m "not heavy"
+
+test-all: $(STAMP)
 	$(VENV)/bin/pytest
 
 install: $(STAMP)

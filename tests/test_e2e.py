@@ -12,7 +12,7 @@ import pytest
 from medmark.data.labels import OBSERVATIONS
 from tests.workflow_utils import copy_workflow, run_snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.snakemake]
 OWNER_KEYS = {
     "poisoned_ids",
     "verification_ids",
@@ -148,6 +148,7 @@ def test_attacks_on_tiny_keep_independent_suspects_undetected(tiny):
     assert (tiny / "results/main/report/attacks.png").stat().st_size > 10_000
 
 
+@pytest.mark.heavy
 def test_embedded_default_end_to_end(tmp_path):
     """`snakemake --cores 2 all` on the embedded default (the README's main job) completes."""
     wf = copy_workflow(tmp_path / "demo")

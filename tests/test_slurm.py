@@ -30,6 +30,7 @@ from workflow_helpers import (  # noqa: E402
     SNAKEMAKE,
     TOY,
     WORKFLOW_ENTRIES,
+    check_snakemake_allowed,
     compare_trees,
     copy_workflow,
     rule_headers,
@@ -188,12 +189,14 @@ def _path_without_slurm(tmp_path: Path) -> str:
     return path
 
 
+@pytest.mark.snakemake
 def test_dry_run_without_slurm_prints_plan(tmp_path: Path) -> None:
     """Done-criterion of issue 6: ``snakemake --profile slurm -n all`` without Slurm prints the
     plan, not a traceback (no account set either: a dry run submits nothing)."""
     work = _toy_copy(tmp_path / "work")
     env = {k: v for k, v in os.environ.items() if k not in (PARTITION_VAR, ACCOUNT_VAR)}
     env["PATH"] = _path_without_slurm(tmp_path)
+    check_snakemake_allowed()
     proc = subprocess.run(
         [str(SNAKEMAKE), "--profile", "slurm", "-n", "all"],
         cwd=work,
@@ -211,11 +214,13 @@ def test_dry_run_without_slurm_prints_plan(tmp_path: Path) -> None:
     assert "This was a dry-run" in out
 
 
+@pytest.mark.snakemake
 def test_real_run_without_slurm_says_why(tmp_path: Path) -> None:
     """Without sbatch and without an account, a real run stops in onstart with both reasons."""
     work = _toy_copy(tmp_path / "work")
     env = {k: v for k, v in os.environ.items() if k not in (PARTITION_VAR, ACCOUNT_VAR)}
     env["PATH"] = _path_without_slurm(tmp_path)
+    check_snakemake_allowed()
     proc = subprocess.run(
         [str(SNAKEMAKE), "--profile", "slurm", "all"],
         cwd=work,
@@ -291,6 +296,8 @@ def _scontrol_job(job_id: int) -> str:
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.snakemake
 def test_toy_workflow_through_slurm(
     local_slurm: dict[str, str], tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
@@ -342,6 +349,8 @@ def test_toy_workflow_through_slurm(
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.snakemake
 def test_tiny_preset_through_slurm_equals_local(
     local_slurm: dict[str, str], tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:

@@ -54,6 +54,7 @@ def _run_twice(
     return dirs[0], dirs[1], logs[0], logs[1], env
 
 
+@pytest.mark.snakemake
 def test_toy_second_workdir_reuses_cache(tmp_path: Path) -> None:
     first, second, log1, log2, env = _run_twice(tmp_path, [(TOY, ["Snakefile"])], ["all"], 120)
     assert set(STORED.findall(log1)) == TOY_CACHED, log1
@@ -70,6 +71,7 @@ def test_toy_second_workdir_reuses_cache(tmp_path: Path) -> None:
     assert compare_trees(first / "results", second / "results") == []
 
 
+@pytest.mark.snakemake
 def test_toy_cache_off_recomputes(tmp_path: Path) -> None:
     """Control: without ``--cache`` the same two runs compute everything twice."""
     counter = tmp_path / "counter"
@@ -82,6 +84,8 @@ def test_toy_cache_off_recomputes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.snakemake
 def test_tiny_preset_second_workdir_reuses_cache(
     tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
@@ -122,6 +126,7 @@ def test_cache_collisions_groups_shared_keys() -> None:
     assert cache_collisions([("h1", "a"), ("h2", "b")]) == []
 
 
+@pytest.mark.snakemake
 def test_toy_workflow_without_wildcard_param_is_refused(tmp_path: Path) -> None:
     """Without the param, Snakemake gives numbers[n=1..3] one cache key (it ignores wildcards):
     check_cache_collisions stops the run before any job, naming the colliding jobs."""

@@ -20,6 +20,7 @@ def _jobs(out: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
+@pytest.mark.snakemake
 def test_dry_run_lists_every_stage(wf):
     out = run_snakemake(wf, "-n", "--cores", "2", "all").stdout
     jobs = _jobs(out)
@@ -49,6 +50,7 @@ def test_dry_run_lists_every_stage(wf):
     assert jobs["suspect_clean"] == archs * 2 * seeds
 
 
+@pytest.mark.snakemake
 @pytest.mark.parametrize(
     ("overlay", "key"),
     [
@@ -69,6 +71,7 @@ def test_bad_config_fails_before_any_job_naming_the_key(wf, tmp_path, overlay, k
     assert "Job stats" not in text
 
 
+@pytest.mark.snakemake
 def test_ablation_target_plans_only_its_branch(wf):
     out = run_snakemake(wf, "-n", "--cores", "2", "ablation_no_laplacian").stdout
     planned = re.findall(r"^\s+output: (.+)$", out, re.M)
@@ -104,6 +107,7 @@ def test_every_ablation_overlay_has_a_target():
     }
 
 
+@pytest.mark.snakemake
 def test_release_only_ablation_reuses_the_main_generator(wf):
     out = run_snakemake(wf, "-n", "--cores", "2", "ablation_poison_020").stdout
     assert "results/poison_020/xmark/owner/release/r64.h5" in out

@@ -62,10 +62,25 @@ def copy_workflow(src: Path, dst: Path, entries: Iterable[str]) -> Path:
     return dst
 
 
+def check_snakemake_allowed() -> None:
+    """Fail a pytest test that starts Snakemake without the ``snakemake`` marker."""
+    if "PYTEST_CURRENT_TEST" in os.environ and not os.environ.get(
+        "MEDMARK_TEST_MAY_START_SNAKEMAKE"
+    ):
+        raise AssertionError(
+            "this test starts Snakemake: mark it @pytest.mark.snakemake (and heavy if it runs "
+            "for minutes) so that the fast layer selects it knowingly"
+        )
+
+
 def run_snakemake(
     args: list[str], cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """Run the venv's ``snakemake`` in ``cwd``; stdout and stderr combined in ``.stdout``."""
+    """Run the venv's ``snakemake`` in ``cwd``; stdout and stderr combined in ``.stdout``.
+
+    Under pytest only a test marked ``snakemake`` may call it (``tests/conftest.py``).
+    """
+    check_snakemake_allowed()
     full_env = dict(os.environ)
     full_env["PATH"] = f"{VENV_BIN}{os.pathsep}{full_env.get('PATH', '')}"
     full_env.update(env or {})
