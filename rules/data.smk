@@ -30,10 +30,12 @@ rule ingest:
         bench("data/ingest")
     conda:
         conda_env()
+    threads: config["preprocess"]["workers"]
     params:
         source=ingest_source_cfg(),
         on_bad_image=config["data"]["on_bad_image"],
         work_dir="results/data/download",
+        workers=config["preprocess"]["workers"],
     script:
         "../scripts/ingest.py"
 
@@ -53,6 +55,7 @@ rule splits:
         fractions=config["data"]["splits"],
         seed=config["data"]["split_seed"],
         stratify_on=config["task"]["target_observation"],
+        task=config["task"],
     script:
         "../scripts/splits.py"
 
@@ -64,7 +67,6 @@ rule preprocess:
         manifest="results/data/ingest.json",
     output:
         h5="results/prep/r{res}.h5",
-        quarantine="results/prep/r{res}.quarantine.csv",
     log:
         logf("prep/r{res}"),
     benchmark:
@@ -77,7 +79,6 @@ rule preprocess:
         runtime=60,
     params:
         resolution=lambda wc: int(wc.res),
-        on_bad_image=config["data"]["on_bad_image"],
         compression_level=config["preprocess"]["compression_level"],
         workers=config["preprocess"]["workers"],
         config_hash=lambda wc: stable_hash(

@@ -16,4 +16,5 @@ with script_logging(snakemake.log[0]):
         Path(snakemake.output.manifest),
         Path(snakemake.output.quarantine),
         p.on_bad_image,
+        workers=snakemake.threads,
     )

@@ -17,8 +17,8 @@ with script_logging(snakemake.log[0]) as log:
         manifest["root"],
         p.resolution,
         snakemake.output.h5,
-        snakemake.output.quarantine,
-        on_bad_image=p.on_bad_image,
+        None,  # images were validated at ingest: results/data/quarantine.csv is the quarantine
+        on_bad_image="error",
         provenance={
             "source_sha256": sha256_file(snakemake.input.manifest),
             "config_hash": p.config_hash,

@@ -1,22 +1,28 @@
 """CheXpert CSV parser to the normalised metadata table, and the NIH-layout box CSV loader.
 
-Implements brief ``data.md`` ("CheXpert (v1.0 and v1.0-small)") and the ``data/metadata.csv``
+Implements the CheXpert format of ``docs/methods/data.md`` and the ``data/metadata.csv``
 contract of ``docs/architecture.md``. Rows are streamed with :mod:`csv` (224k rows in the real
 set), every field is validated and errors name the file, the 1-based line (header = 1) and the
-column. Image sizes come from the image header (Pillow's lazy open reads no pixels).
+column; a pass collects every bad entry and fails once, listing them (:class:`ErrorList`).
+Images are validated here, at ingest, by decoding them (:func:`probe_image`): what ingest
+counts is what preprocess can read. Under ``on_bad_image="skip"`` every row with a bad path, a
+missing file or an unreadable or unsupported image goes to the one quarantine table.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import multiprocessing as mp
 import re
-from collections.abc import Callable, Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile
 
 from medmark.data.labels import OBSERVATIONS
 from medmark.errors import DataFormatError
@@ -41,8 +47,15 @@ VIEWS = ("Frontal", "Lateral")
 AP_PA = ("AP", "PA", "LL", "RL", "")
 SEXES = ("Male", "Female", "Unknown", "")
 
+# Readable image modes: 8-bit (converted to L) and 16-bit grayscale (scaled to 8 bits in
+# medmark.data.preprocess.load_resized). Anything else (CMYK, float, ...) is unsupported.
+IMAGE_MODES = ("L", "LA", "RGB", "RGBA", "P", "1", "I;16", "I;16B", "I;16L", "I;16N", "I")
+MAX_LISTED = 20  # bad entries listed in one error message (the count is always given)
+# Decoder failures that mean "this file is not a readable image".
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
 PATH_RE = re.compile(
-    r"^(?P<dataset>CheXpert-v1\.0(?:-small)?)/(?P<split>train|valid|test)/"
+    r"^(?P<dataset>CheXpert-v1\.0(?:-small)?(?:-xmark)?)/(?P<split>train|valid|test)/"
     r"(?P<patient>patient\d+)/(?P<study>study\d+)/(?P<view>view\d+_(?:frontal|lateral))"
     r"\.(?:jpg|jpeg|png)$"
 )
@@ -98,18 +111,75 @@ def check_relative_path(p: str, *, file: str, row: int, field: str) -> PurePosix
     return pp
 
 
-def image_size(path: Path) -> tuple[int, int] | str:
-    """``(width, height)`` from the image header, or the reason it cannot be read."""
+class ErrorList:
+    """Bad entries of one pass, raised together as one DataFormatError (capped, with the count).
+
+    A single entry is re-raised as it is (its ``file``/``row``/``field`` intact).
+    """
+
+    def __init__(self, what: str = "bad entries") -> None:
+        self.what = what
+        self.errors: list[DataFormatError] = []
+
+    def add(self, error: DataFormatError | str) -> None:
+        self.errors.append(error if isinstance(error, DataFormatError) else DataFormatError(error))
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def raise_if_any(self) -> None:
+        n = len(self.errors)
+        if n == 0:
+            return
+        if n == 1:
+            raise self.errors[0]
+        listed = "\n".join(f"  - {e}" for e in self.errors[:MAX_LISTED])
+        more = f"\n  ... and {n - MAX_LISTED} more" if n > MAX_LISTED else ""
+        shown = f"first {MAX_LISTED} listed" if n > MAX_LISTED else "all listed"
+        raise DataFormatError(f"{n} {self.what} ({shown}):\n{listed}{more}")
+
+
+def probe_image(path: str | Path) -> tuple[int, int] | str:
+    """``(width, height)`` of an image that decodes completely, or why it cannot be used.
+
+    The pixels are decoded (JPEGs at 1/8 scale in the DCT domain, so it is cheap) with
+    truncated files refused, and the mode must be one of :data:`IMAGE_MODES`: a file that
+    passes is a file preprocess can read.
+    """
+    old = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as im:
             w, h = im.size
+            mode = im.mode
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
+            im.load()
     except FileNotFoundError:
         return "missing image file"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"unreadable image header ({type(e).__name__}: {e})"
+    except IsADirectoryError:
+        return "is a directory, not an image file"
+    except _DECODE_ERRORS as e:
+        return f"unreadable image ({type(e).__name__}: {e})"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = old
+    if mode not in IMAGE_MODES:
+        return f"unsupported image mode {mode!r} (8-bit or 16-bit grayscale, RGB, palette)"
     if w < 1 or h < 1:
-        return f"image header gives size {w}x{h}"
+        return f"image size {w}x{h}"
     return int(w), int(h)
+
+
+image_size = probe_image  # the name the parsers used before images were decoded at ingest
+
+
+def probe_images(paths: Sequence[str | Path], workers: int = 1) -> list[tuple[int, int] | str]:
+    """:func:`probe_image` for every path, in order; ``workers > 1`` decodes in processes."""
+    if workers <= 1 or len(paths) < 64:
+        return [probe_image(p) for p in paths]
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as ex:
+        return list(ex.map(probe_image, [str(p) for p in paths], chunksize=64))
 
 
 def chexpert_image_id(path: str, *, file: str, row: int, field: str = "Path") -> re.Match[str]:
@@ -187,13 +257,20 @@ def parse_age(value: str, *, file: str, row: int, field: str) -> int | None:
 
 
 def parse_chexpert_csv(
-    csv_path: Path, root: Path, source_split: str, on_bad_image: str = "error"
+    csv_path: Path,
+    root: Path,
+    source_split: str,
+    on_bad_image: str = "error",
+    workers: int = 1,
 ) -> ParseResult:
     """Parse a CheXpert ``train.csv``/``valid.csv`` into the metadata table.
 
     ``root`` is the directory that contains ``CheXpert-v1.0[-small]/`` (``Path`` is relative to
-    it). A missing or unreadable image is an error naming file and line, or with
-    ``on_bad_image="skip"`` goes to ``ParseResult.quarantine`` instead of the metadata.
+    it). Every image is decoded (:func:`probe_image`, ``workers`` processes). A bad ``Path``
+    (escaping the root, not the CheXpert pattern), a missing file or an unreadable/unsupported
+    image is an error naming file and line, or with ``on_bad_image="skip"`` goes to
+    ``ParseResult.quarantine`` with its reason. Errors are collected over the whole file and
+    raised once (:class:`ErrorList`).
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
@@ -201,6 +278,7 @@ def parse_chexpert_csv(
     file = str(csv_path)
     records: list[dict] = []
     quarantine: list[dict] = []
+    errors = ErrorList(f"bad entries in {file}")
     seen: dict[str, int] = {}
     col: dict[str, int] = {}
     for line, header, row in iter_csv(csv_path):
@@ -208,49 +286,84 @@ def parse_chexpert_csv(
             col = check_columns(row, CHEXPERT_COLUMNS, file)
             continue
         if len(row) != len(header):
-            raise DataFormatError(
-                f"{len(row)} fields, the header has {len(header)}", file=file, row=line
+            errors.add(
+                DataFormatError(
+                    f"{len(row)} fields, the header has {len(header)}", file=file, row=line
+                )
             )
+            continue
         path = row[col["Path"]].strip()
-        m = chexpert_image_id(path, file=file, row=line)
-        image_id = f"{m['patient']}/{m['study']}/{m['view']}"
-        if image_id in seen:
-            raise DataFormatError(
-                f"duplicate image {image_id!r} (first on line {seen[image_id]})",
-                file=file,
-                row=line,
-                field="Path",
-            )
-        seen[image_id] = line
-        view = row[col["Frontal/Lateral"]].strip()
-        if view not in VIEWS:
-            raise DataFormatError(
-                f"value {view!r} not in {VIEWS}", file=file, row=line, field="Frontal/Lateral"
-            )
-        ap_pa = row[col["AP/PA"]].strip()
-        if ap_pa not in AP_PA:
-            raise DataFormatError(
-                f"value {ap_pa!r} not in {AP_PA}", file=file, row=line, field="AP/PA"
-            )
-        sex = row[col["Sex"]].strip()
-        if sex not in SEXES:
-            raise DataFormatError(f"value {sex!r} not in {SEXES}", file=file, row=line, field="Sex")
-        age = parse_age(row[col["Age"]], file=file, row=line, field="Age")
-        labels = {o: parse_label(row[col[o]], file=file, row=line, field=o) for o in OBSERVATIONS}
-        size = image_size(root / path)
+        try:
+            m = chexpert_image_id(path, file=file, row=line)
+        except DataFormatError as e:
+            if on_bad_image == "skip":
+                reason = str(e).split(": ", 1)[-1]
+                quarantine.append({"path": path, "csv": file, "line": line, "reason": reason})
+            else:
+                errors.add(e)
+            continue
+        try:
+            records.append(_chexpert_record(row, col, m, path, source_split, file, line, seen))
+        except DataFormatError as e:
+            errors.add(e)
+    sizes = probe_images([root / r["path"] for r in records], workers)
+    kept: list[dict] = []
+    for rec, size in zip(records, sizes, strict=True):
+        line = rec.pop("_line")
         if isinstance(size, str):
             if on_bad_image == "error":
-                raise DataFormatError(f"{size}: {root / path}", file=file, row=line, field="Path")
-            quarantine.append({"path": path, "csv": file, "line": line, "reason": size})
+                errors.add(
+                    DataFormatError(
+                        f"{size}: {root / rec['path']}", file=file, row=line, field="Path"
+                    )
+                )
+            else:
+                quarantine.append({"path": rec["path"], "csv": file, "line": line, "reason": size})
             continue
-        records.append(
-            {
-                "image_id": image_id, "path": path, "patient": m["patient"], "study": m["study"],
-                "view": view, "ap_pa": ap_pa, "sex": sex, "age": age, "width": size[0],
-                "height": size[1], "source_split": source_split, **labels,
-            }
-        )  # fmt: skip
-    return ParseResult(finalize_metadata(records), finalize_quarantine(quarantine))
+        rec["width"], rec["height"] = size
+        kept.append(rec)
+    errors.raise_if_any()
+    return ParseResult(finalize_metadata(kept), finalize_quarantine(quarantine))
+
+
+def _chexpert_record(
+    row: list[str],
+    col: dict[str, int],
+    m: re.Match[str],
+    path: str,
+    source_split: str,
+    file: str,
+    line: int,
+    seen: dict[str, int],
+) -> dict:
+    """One metadata record (without the image size) from a row whose ``Path`` is valid."""
+    image_id = f"{m['patient']}/{m['study']}/{m['view']}"
+    if image_id in seen:
+        raise DataFormatError(
+            f"duplicate image {image_id!r} (first on line {seen[image_id]})",
+            file=file,
+            row=line,
+            field="Path",
+        )
+    seen[image_id] = line
+    view = row[col["Frontal/Lateral"]].strip()
+    if view not in VIEWS:
+        raise DataFormatError(
+            f"value {view!r} not in {VIEWS}", file=file, row=line, field="Frontal/Lateral"
+        )
+    ap_pa = row[col["AP/PA"]].strip()
+    if ap_pa not in AP_PA:
+        raise DataFormatError(f"value {ap_pa!r} not in {AP_PA}", file=file, row=line, field="AP/PA")
+    sex = row[col["Sex"]].strip()
+    if sex not in SEXES:
+        raise DataFormatError(f"value {sex!r} not in {SEXES}", file=file, row=line, field="Sex")
+    age = parse_age(row[col["Age"]], file=file, row=line, field="Age")
+    labels = {o: parse_label(row[col[o]], file=file, row=line, field=o) for o in OBSERVATIONS}
+    return {
+        "image_id": image_id, "path": path, "patient": m["patient"], "study": m["study"],
+        "view": view, "ap_pa": ap_pa, "sex": sex, "age": age, "width": 0, "height": 0,
+        "source_split": source_split, **labels, "_line": line,
+    }  # fmt: skip
 
 
 def parse_box_csv(

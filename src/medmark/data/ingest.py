@@ -1,12 +1,13 @@
 """Dataset staging (download, verify, extract) and the ingest stage.
 
-Implements brief ``data.md`` ("Real datasets the pipeline must ingest") and the ``data/``
-contract of ``docs/architecture.md``: CheXpert cannot be fetched anonymously, so it is either
+Implements the staging and ingest of ``docs/methods/data.md`` and the ``data/`` contract of
+``docs/architecture.md``: CheXpert cannot be fetched anonymously, so it is either
 pre-staged (``data.chexpert.dir``) or downloaded from a user-supplied http/https/file URL with
 an expected sha256 (resumed with HTTP Range from a ``.part`` file, verified, renamed into place
 atomically, extracted with path-traversal protection). ``ingest`` writes ``metadata.csv``,
-``boxes.csv``, ``ingest.json`` and the quarantine CSV, all atomically. Only the stdlib
-(:mod:`urllib`) downloads.
+``boxes.csv``, ``ingest.json`` and the quarantine CSV (the one quarantine of the pipeline:
+images are decoded and validated here, so the counts are of usable images), all atomically.
+Only the stdlib (:mod:`urllib`) downloads.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from medmark.data.chexpert import (
     BOX_COLUMNS,
     METADATA_COLUMNS,
     QUARANTINE_COLUMNS,
+    ErrorList,
     ParseResult,
     finalize_metadata,
     parse_chexpert_boxes,
@@ -48,7 +50,8 @@ from medmark.io import atomic_path, sha256_file, write_json_atomic
 log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "chexpert", "nih")
-CHEXPERT_DIRS = ("CheXpert-v1.0-small", "CheXpert-v1.0")
+# The last one is medmark's own release tree (a receiver ingests it with source: chexpert).
+CHEXPERT_DIRS = ("CheXpert-v1.0-small", "CheXpert-v1.0", "CheXpert-v1.0-small-xmark")
 CHEXPERT_CSVS = ("train.csv", "valid.csv")
 CHEXPERT_HOWTO = (
     "CheXpert cannot be downloaded anonymously. Register and accept the research use agreement on "
@@ -267,7 +270,7 @@ def find_chexpert_dir(root: Path, csvs: tuple[str, ...] = ("train.csv",)) -> str
         return found[0]
     if len(found) > 1:
         raise DataFormatError(
-            f"{root} holds both {found[0]}/ and {found[1]}/; point data.chexpert.dir at a directory with one",
+            f"{root} holds {' and '.join(d + '/' for d in found)}; point data.chexpert.dir at a directory with one",
             file=str(root),
         )  # fmt: skip
     hint = ""
@@ -275,7 +278,7 @@ def find_chexpert_dir(root: Path, csvs: tuple[str, ...] = ("train.csv",)) -> str
         hint = f" ({root} IS the dataset folder: set data.chexpert.dir to its parent {root.parent})"
     wanted = " and ".join(csvs)
     raise DataFormatError(
-        f"no CheXpert-v1.0-small/ or CheXpert-v1.0/ with {wanted} in {root}{hint}. {CHEXPERT_HOWTO}",
+        f"no {' or '.join(d + '/' for d in CHEXPERT_DIRS)} with {wanted} in {root}{hint}. {CHEXPERT_HOWTO}",
         file=str(root),
     )
 
@@ -309,7 +312,7 @@ def _stage_synthetic(cfg: dict, work_dir: Path) -> Path:
 
 
 def _stage_chexpert(cfg: dict, work_dir: Path) -> Path:
-    csvs = tuple(cfg.get("csv") or CHEXPERT_CSVS)
+    csvs = tuple(cfg.get("csv") or ("train.csv",))
     if cfg.get("dir"):
         root = Path(cfg["dir"]).expanduser()
         if not root.is_dir():
@@ -388,7 +391,16 @@ def _concat(parts: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame
     return pd.concat(parts, ignore_index=True)
 
 
-def _read_source(source: str, cfg: dict, root: Path, on_bad_image: str) -> tuple:
+def _chexpert_csvs(cfg: dict, root: Path, source: str) -> tuple[str, tuple[str, ...]]:
+    """The dataset folder and its CSVs: ``data.chexpert.csv``, else train.csv (+ valid.csv)."""
+    if source == "chexpert" and cfg.get("csv"):
+        csvs = tuple(cfg["csv"])
+        return find_chexpert_dir(root, csvs), csvs
+    ds = find_chexpert_dir(root, ("train.csv",))
+    return ds, tuple(c for c in CHEXPERT_CSVS if (root / ds / c).is_file())
+
+
+def _read_source(source: str, cfg: dict, root: Path, on_bad_image: str, workers: int = 1) -> tuple:
     csv_hashes: dict[str, str] = {}
     if source == "nih":
         res = parse_nih(root, on_bad_image)
@@ -398,20 +410,24 @@ def _read_source(source: str, cfg: dict, root: Path, on_bad_image: str) -> tuple
             boxes = parse_nih_boxes(root)
             csv_hashes[BBOX_LIST] = sha256_file(root / BBOX_LIST)
         return res, boxes, csv_hashes
-    csvs = tuple(cfg.get("csv") or CHEXPERT_CSVS) if source == "chexpert" else CHEXPERT_CSVS
-    ds = find_chexpert_dir(root, csvs)
+    ds, csvs = _chexpert_csvs(cfg, root, source)
     results: list[ParseResult] = []
+    errors = ErrorList(f"bad entries in {root / ds}")
     for name in csvs:
         p = root / ds / name
-        results.append(parse_chexpert_csv(p, root, name.removesuffix(".csv"), on_bad_image))
+        try:
+            results.append(
+                parse_chexpert_csv(p, root, name.removesuffix(".csv"), on_bad_image, workers)
+            )
+        except DataFormatError as e:
+            errors.add(e)
         csv_hashes[f"{ds}/{name}"] = sha256_file(p)
+    errors.raise_if_any()
     meta = _concat([r.metadata for r in results], METADATA_COLUMNS)
     dup = meta["image_id"].duplicated()
-    if dup.any():
-        raise DataFormatError(
-            f"image {meta.loc[dup, 'image_id'].iloc[0]!r} is listed in more than one CSV",
-            file=str(root / ds),
-        )
+    for image_id in meta.loc[dup, "image_id"]:
+        errors.add(f"image {image_id!r} is listed in more than one CSV of {root / ds}")
+    errors.raise_if_any()
     res = ParseResult(
         finalize_metadata(meta), _concat([r.quarantine for r in results], QUARANTINE_COLUMNS)
     )
@@ -460,6 +476,7 @@ def ingest(
     out_manifest: Path,
     out_quarantine: Path,
     on_bad_image: str,
+    workers: int = 1,
 ) -> None:
     """Stage ``source`` and write ``metadata.csv``, ``boxes.csv``, ``ingest.json``, quarantine CSV.
 
@@ -468,7 +485,7 @@ def ingest(
     Boxes of images not in the metadata (absent or quarantined) are dropped and counted.
     """
     root = stage_dataset(source, cfg, Path(work_dir)).resolve()
-    res, boxes, csv_hashes = _read_source(source, cfg, root, on_bad_image)
+    res, boxes, csv_hashes = _read_source(source, cfg, root, on_bad_image, workers)
     meta = res.metadata
     known = boxes["image_id"].isin(set(meta["image_id"]))
     if (~known).any():

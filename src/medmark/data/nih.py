@@ -25,6 +25,7 @@ import pandas as pd
 
 from medmark.data.chexpert import (
     ON_BAD_IMAGE,
+    ErrorList,
     ParseResult,
     finalize_metadata,
     finalize_quarantine,
@@ -157,6 +158,7 @@ def parse_nih(root: Path, on_bad_image: str = "error") -> ParseResult:
     splits = _split_lists(root)
     records: list[dict] = []
     quarantine: list[dict] = []
+    bad_images = ErrorList(f"bad images in {file}")
     seen: dict[str, int] = {}
     col: dict[str, int] = {}
     for line, header, row in iter_csv(csv_path):
@@ -211,9 +213,12 @@ def parse_nih(root: Path, on_bad_image: str = "error") -> ParseResult:
         )
         if isinstance(size, str):
             if on_bad_image == "error":
-                raise DataFormatError(
-                    f"{size}: {root / (rel or name)}", file=file, row=line, field="Image Index"
+                bad_images.add(
+                    DataFormatError(
+                        f"{size}: {root / (rel or name)}", file=file, row=line, field="Image Index"
+                    )
                 )
+                continue
             quarantine.append({"path": rel or name, "csv": file, "line": line, "reason": size})
             continue
         records.append(
@@ -224,6 +229,7 @@ def parse_nih(root: Path, on_bad_image: str = "error") -> ParseResult:
                 "source_split": splits.get(name, "all"), **labels,
             }
         )  # fmt: skip
+    bad_images.raise_if_any()
     return ParseResult(finalize_metadata(records), finalize_quarantine(quarantine))
 
 

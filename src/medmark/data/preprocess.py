@@ -1,4 +1,4 @@
-"""Frontal JPEGs -> ``prep/r{res}.h5`` (docs/architecture.md; brief data.md, streaming).
+"""Frontal images -> ``prep/r{res}.h5`` (docs/architecture.md; docs/methods/data.md, streaming).
 
 Selection: rows of ``metadata.csv`` with ``view == Frontal`` that have an entry in
 ``splits.csv``, in metadata order. Decoding: 8-bit grayscale with PIL (``LOAD_TRUNCATED_IMAGES``
@@ -11,7 +11,14 @@ image against ~7.5 ms for full-decode-then-LANCZOS and differs from it by 0.43 g
 average (BOX: 1.0, drafting to >= res only: 1.0); the largest differences (up to ~50 levels, a
 few dozen pixels) sit on the sharp edges of burned-in markers. Stored value
 ``u8 = round(255 * x)`` with ``x`` the resampled decoded image in ``[0, 1]``; no per-image
-standardisation (models normalise internally).
+standardisation (models normalise internally). 16-bit grayscale images (common in radiograph
+sets exported from DICOM, often holding 10-14 significant bits) are read, not rejected: their
+own range ``[min, max]`` is stretched linearly to ``[0, 1]`` (a constant image gives 0) before
+the same LANCZOS resize and 8-bit rounding.
+
+Images were decoded and validated at ingest (``medmark.data.chexpert.probe_image``), which owns
+the pipeline's one quarantine; a file that fails here changed after ingest. Bad images of a
+pass are collected and reported together.
 
 Decoding runs in worker processes over bounded, ordered batches and streams into
 :class:`medmark.data.h5.H5ImageWriter`, so peak memory does not grow with N.
@@ -40,6 +47,7 @@ import pandas as pd
 from PIL import Image, ImageFile
 
 import medmark
+from medmark.data.chexpert import ErrorList
 from medmark.data.labels import OBSERVATIONS
 from medmark.errors import DataFormatError
 from medmark.io import write_text_atomic
@@ -55,12 +63,14 @@ VIEWS = ("Frontal", "Lateral")
 LABEL_VALUES = (1.0, 0.0, -1.0)
 RESAMPLING = Image.Resampling.LANCZOS
 DRAFT_FACTOR = 2
-MODES = ("L", "LA", "RGB", "RGBA", "P", "1")  # converted to L (ITU-R 601 luma); others are bad
+MODES = ("L", "LA", "RGB", "RGBA", "P", "1")  # converted to L (ITU-R 601 luma)
+MODES_16 = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grayscale: min-max to 8 bits
 BATCH = 16  # images per worker task
 NORMALIZATION = (
     "u8 = round(255 * x), x in [0, 1] = the decoded 8-bit grayscale source image, JPEG "
     f"DCT-domain draft to >= {DRAFT_FACTOR}*res per side, then PIL LANCZOS antialiased resize "
-    "to res x res (aspect not preserved); no per-image standardisation; read x = u8 / 255; "
+    "to res x res (aspect not preserved); 16-bit grayscale sources: the image's [min, max] "
+    "stretched to [0, 1] first; no other per-image standardisation; read x = u8 / 255; "
     "models normalise internally"
 )
 # Decoder failures that mean "this file is not a readable image" (UnidentifiedImageError is an
@@ -88,11 +98,24 @@ def load_resized(path: str | os.PathLike[str], resolution: int) -> np.ndarray:
         if im.format == "JPEG":
             im.draft("L", (DRAFT_FACTOR * resolution, DRAFT_FACTOR * resolution))
         im.load()
+        if im.mode in MODES_16:
+            return _load_16bit(im, resolution)
         if im.mode not in MODES:
-            raise ValueError(f"unsupported image mode {im.mode!r} (expected 8-bit grayscale)")
+            raise ValueError(
+                f"unsupported image mode {im.mode!r} (expected 8-bit or 16-bit grayscale, RGB)"
+            )
         gray = im if im.mode == "L" else im.convert("L")
         out = gray.resize((resolution, resolution), RESAMPLING)
     return np.array(out, dtype=np.uint8)  # writable copy
+
+
+def _load_16bit(im: Image.Image, resolution: int) -> np.ndarray:
+    """16-bit grayscale: ``[min, max]`` of the image -> ``[0, 1]``, LANCZOS, ``round(255 x)``."""
+    arr = np.asarray(im).astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    x = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    small = Image.fromarray(x.astype(np.float32)).resize((resolution, resolution), RESAMPLING)
+    return np.rint(255.0 * np.clip(np.asarray(small), 0.0, 1.0)).astype(np.uint8)
 
 
 def _init_worker() -> None:
@@ -339,7 +362,7 @@ def preprocess_to_h5(
     root: str | os.PathLike[str],
     resolution: int,
     out_h5: str | os.PathLike[str],
-    quarantine_csv: str | os.PathLike[str],
+    quarantine_csv: str | os.PathLike[str] | None = None,
     on_bad_image: str = "error",
     provenance: Mapping[str, Any] | None = None,
     compression_level: int = 4,
@@ -350,10 +373,12 @@ def preprocess_to_h5(
     ``root`` is the dataset root the metadata ``path`` column is relative to; ``provenance``
     must hold ``source_sha256``, ``config_hash`` and ``created_by`` (stored as attrs with
     ``resolution``, ``observations``, ``normalization``, ``medmark_version``). Bad images
-    (missing, unreadable, truncated): ``on_bad_image="error"`` raises a DataFormatError naming
-    the file and the metadata line, leaving no ``out_h5`` (nor temp file) behind;
-    ``"skip"`` leaves them out and lists them in ``quarantine_csv`` (``image_id, path,
-    reason``). ``quarantine_csv`` is always written on success (header only if none).
+    (missing, unreadable, truncated): ``on_bad_image="error"`` raises one DataFormatError
+    listing every bad image of the pass (file and metadata line; capped, with the count),
+    leaving no ``out_h5`` (nor temp file) behind; ``"skip"`` leaves them out and lists them in
+    ``quarantine_csv`` (``image_id, path, reason``), written on success (header only if none).
+    The pipeline validates images at ingest and calls this with ``"error"`` and no
+    ``quarantine_csv``: its one quarantine is ``data/quarantine.csv``.
     ``workers == 1`` decodes in this process. Returns counts and timing.
     """
     if on_bad_image not in BAD_IMAGE_POLICIES:
@@ -364,7 +389,8 @@ def preprocess_to_h5(
         raise ValueError(f"workers must be >= 1, got {workers}")
     attrs = _attrs(provenance or {})
     metadata_csv, splits_csv, out_h5 = Path(metadata_csv), Path(splits_csv), Path(out_h5)
-    quarantine_csv = Path(quarantine_csv)
+    if on_bad_image == "skip" and quarantine_csv is None:
+        raise ValueError('on_bad_image="skip" needs a quarantine_csv')
     root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise DataFormatError(f"dataset root {root} is not a directory", file=str(metadata_csv))
@@ -374,6 +400,7 @@ def preprocess_to_h5(
 
     t0 = time.perf_counter()
     quarantined: list[tuple[str, str, str]] = []
+    errors = ErrorList(f"unreadable images listed in {metadata_csv}")
     step = max(1, len(items) // 10)
     with _Decoder(resolution, workers) as decoder:
         # Imported after the workers started: they need neither torch nor h5py.
@@ -386,12 +413,16 @@ def preprocess_to_h5(
             for k, (item, (image, reason)) in enumerate(zip(items, images, strict=True), start=1):
                 if image is None:
                     if on_bad_image == "error":
-                        raise DataFormatError(
-                            f"cannot read image {item.abs_path} (image_id {item.image_id}): {reason}",
-                            file=str(metadata_csv),
-                            row=item.line,
-                            field="path",
+                        errors.add(
+                            DataFormatError(
+                                f"cannot read image {item.abs_path} (image_id {item.image_id}): "
+                                f"{reason} (ingest validated it: did the file change since?)",
+                                file=str(metadata_csv),
+                                row=item.line,
+                                field="path",
+                            )
                         )
+                        continue
                     log.warning(
                         "quarantined %s (%s line %d): %s",
                         item.abs_path,
@@ -404,11 +435,13 @@ def preprocess_to_h5(
                     writer.append(image, item.image_id, item.patient, item.split, item.labels)
                 if k % step == 0:
                     log.info("r%d: %d/%d images", resolution, k, len(items))
+            errors.raise_if_any()
             if writer.count == 0:
                 raise DataFormatError(
                     f"all {len(items)} selected images are unreadable", file=str(metadata_csv)
                 )
-            _write_quarantine(quarantine_csv, quarantined)
+            if quarantine_csv is not None:
+                _write_quarantine(Path(quarantine_csv), quarantined)
     seconds = time.perf_counter() - t0
     stats: dict[str, Any] = {
         **counts,
@@ -419,7 +452,7 @@ def preprocess_to_h5(
         "seconds": seconds,
         "images_per_s": len(items) / seconds if seconds > 0 else float("inf"),
         "out_h5": str(out_h5),
-        "quarantine_csv": str(quarantine_csv),
+        "quarantine_csv": None if quarantine_csv is None else str(quarantine_csv),
     }
     log.info(
         "wrote %s: %d images at %dx%d, %d quarantined, %.1f images/s",

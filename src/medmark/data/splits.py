@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from medmark.data.labels import OBSERVATIONS
+from medmark.errors import DataFormatError
 
 SPLIT_COLUMNS = ("image_id", "patient", "split")
 
@@ -92,3 +93,60 @@ def patient_splits(
         },
         columns=list(SPLIT_COLUMNS),
     )
+
+
+def check_task_classes(
+    metadata: pd.DataFrame,
+    splits: pd.DataFrame,
+    task: dict,
+    file: str = "results/data/splits.csv",
+) -> dict[str, dict[str, int]]:
+    """Fail right after the splits when the task cannot be trained or verified on them.
+
+    Counts the frontal images (those preprocess keeps) of each split by task label
+    (``medmark.data.labels.task_labels``: target class, other class, ignored). The release split
+    needs images of the target class (the surrogate's positives, the X-Mark generator's and the
+    poisoning's candidates) and of the other class; the verification split needs >= 2 images of
+    the other class (the paired test's pairs). Otherwise a DataFormatError names the task and
+    gives every count, before any model is trained. Returns the counts.
+    """
+    from medmark.data.labels import IGNORE, task_labels
+
+    obs, target = task["target_observation"], int(task["target_class"])
+    frontal = metadata[metadata["view"] == "Frontal"]
+    split_of = dict(zip(splits["image_id"].astype(str), splits["split"].astype(str), strict=True))
+    y = task_labels(frontal[list(OBSERVATIONS)].to_numpy(), obs, task["uncertainty"])
+    which = frontal["image_id"].astype(str).map(split_of).fillna("").to_numpy()
+    counts: dict[str, dict[str, int]] = {}
+    for name in sorted(set(which) - {""}):
+        sel = y[which == name]
+        counts[name] = {
+            "target": int((sel == target).sum()),
+            "other": int(((sel != target) & (sel != IGNORE)).sum()),
+            "ignored": int((sel == IGNORE).sum()),
+        }
+    problems = []
+    release = counts.get("release", {"target": 0, "other": 0, "ignored": 0})
+    if release["target"] == 0:
+        problems.append("the release split has no frontal image of the target class")
+    if release["other"] == 0:
+        problems.append("the release split has no frontal image of the other class")
+    verification = counts.get("verification", {"target": 0, "other": 0, "ignored": 0})
+    if "verification" in set(splits["split"]) and verification["other"] < 2:
+        problems.append(
+            "the verification split has fewer than 2 frontal non-target images (the paired "
+            "test needs at least 2 pairs)"
+        )
+    if problems:
+        shown = "; ".join(
+            f"{k}: {v['target']} target / {v['other']} other / {v['ignored']} ignored"
+            for k, v in counts.items()
+        )
+        raise DataFormatError(
+            f"task {obs!r} (target_class {target}, uncertainty {task['uncertainty']}): "
+            f"{'; '.join(problems)}. Frontal images per split: {shown}. Choose another "
+            "task.target_observation or uncertainty policy, or change data.splits/split_seed",
+            file=file,
+            field="split",
+        )
+    return counts
