@@ -238,3 +238,95 @@ def test_box_csv(tmp_path: Path) -> None:
     p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n../x.jpg,Mass,1,1,1,1,,,\n")
     with pytest.raises(DataFormatError, match="line 2.*'Image Index'.*escapes"):
         parse_chexpert_boxes(p)
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_skip_quarantines_a_path_escaping_the_root(root: Path) -> None:
+    """Under ``skip`` a ``Path`` escaping the root is quarantined and the parse goes on.
+
+    Before the fix it aborted the whole ingest (raised before the skip branch); this test
+    failed on the first ``parse_chexpert_csv(..., on_bad_image="skip")``.
+    """
+    bad = ROWS[2].replace("CheXpert-v1.0-small/train/patient00002", "../../etc/patient00002")
+    weird = ROWS[0].replace("view1_frontal.jpg", "view1_frontal.gif").replace("study1", "study9")
+    csv_path = _write_csv(root, [ROWS[0], bad, weird, ROWS[1]])
+    res = parse_chexpert_csv(csv_path, root, "train", on_bad_image="skip")
+    assert len(res.metadata) == 2
+    q = res.quarantine
+    assert list(q["line"]) == [3, 4]
+    assert "escapes the dataset root" in q.iloc[0]["reason"]
+    assert "does not match" in q.iloc[1]["reason"]
+    with pytest.raises(DataFormatError, match="2 bad entries"):
+        parse_chexpert_csv(csv_path, root, "train")
+
+
+def test_error_mode_lists_every_bad_entry_at_once(root: Path) -> None:
+    """Four bad rows, one run: the error lists all four (lines and reasons).
+
+    Before the fix only the first bad entry was named; this test failed on "4 bad entries".
+    """
+    (root / list(SIZES)[1]).unlink()  # line 3: missing file
+    (root / list(SIZES)[2]).write_bytes(b"garbage")  # line 4: unreadable
+    bad_label = ROWS[0].replace(",1.0", ",2.0", 1).replace("study1", "study5")  # line 5
+    bad_path = ROWS[0].replace("CheXpert-v1.0-small/train/", "/abs/")  # line 6
+    csv_path = _write_csv(root, [*ROWS, bad_label, bad_path])
+    with pytest.raises(DataFormatError) as e:
+        parse_chexpert_csv(csv_path, root, "train")
+    msg = str(e.value)
+    assert msg.count("\n  - ") == 4 and "4 bad entries" in msg and "all listed" in msg
+    for needle in ("line 3", "missing image file", "line 4", "unreadable image", "line 5",
+                   "'2.0'", "line 6", "absolute path"):  # fmt: skip
+        assert needle in msg, needle
+
+
+def test_error_list_is_capped_with_the_count(root: Path) -> None:
+    rows = [ROWS[0].replace("study1", f"study{k}").replace(",1.0", ",7.0", 1) for k in range(30)]
+    with pytest.raises(DataFormatError) as e:
+        parse_chexpert_csv(_write_csv(root, rows), root, "train")
+    msg = str(e.value)
+    assert "30 bad entries" in msg and "first 20 listed" in msg and "... and 10 more" in msg
+    assert msg.count("\n  - ") == 20
+
+
+def test_truncated_jpeg_and_unsupported_mode_are_caught_at_ingest(root: Path) -> None:
+    """A JPEG cut after its header passes a header read but not a decode: ingest rejects it.
+
+    Before the fix ingest read only headers: the truncated file and a CMYK image were counted as
+    usable frontals and failed later in preprocess.
+    """
+    p = root / list(SIZES)[2]
+    Image.effect_noise((33, 61), 60).save(p, "JPEG", quality=95)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    q = root / list(SIZES)[0]
+    Image.new("CMYK", (40, 52), (10, 20, 30, 40)).save(q, "JPEG")
+    csv_path = _write_csv(root, ROWS)
+    res = parse_chexpert_csv(csv_path, root, "train", on_bad_image="skip")
+    assert list(res.metadata["image_id"]) == ["patient00001/study1/view2_lateral"]
+    reasons = dict(zip(res.quarantine["line"], res.quarantine["reason"], strict=True))
+    assert "truncated" in reasons[4] and "unsupported image mode 'CMYK'" in reasons[2]
+
+
+def test_16bit_png_is_read_and_scaled(tmp_path: Path) -> None:
+    """16-bit grayscale PNGs pass ingest and are stretched [min, max] -> [0, 255] by preprocess.
+
+    Before the fix a 16-bit PNG passed the header read, then preprocess refused its mode.
+    """
+    import numpy as np
+
+    from medmark.data.chexpert import probe_image
+    from medmark.data.preprocess import load_resized
+
+    ramp = np.tile(np.linspace(1000, 4000, 32), (32, 1)).astype(np.uint16)  # 12-bit data
+    path = tmp_path / "x.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    assert probe_image(path) == (32, 32)
+    out = load_resized(path, 32)
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    np.testing.assert_allclose(out[0], np.linspace(0, 255, 32), atol=1.0)
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.full((8, 8), 777, np.uint16)).save(flat)
+    assert load_resized(flat, 4).max() == 0

@@ -363,3 +363,59 @@ def test_ingest_nih(tmp_path: Path) -> None:
     (nih / "images").rename(nih / "pics")
     with pytest.raises(DataFormatError, match=r"lacks images\*/"):
         ingest("nih", {"dir": str(nih)}, out, m, b, j, q, "error")
+
+
+def test_ingest_counts_only_decodable_images(dataset: Path, tmp_path: Path) -> None:
+    """A JPEG truncated after its header is quarantined at ingest, not counted as a frontal.
+
+    Before the fix ingest read only headers: ``ingest.json`` counted the image as a usable
+    frontal, no quarantine entry was written, and preprocess failed (or wrote a second
+    quarantine file of its own).
+    """
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    meta0 = pd.read_csv(root / DS / "train.csv")
+    victim = meta0.loc[meta0["Frontal/Lateral"] == "Frontal", "Path"].iloc[0]
+    data = (root / victim).read_bytes()
+    (root / victim).write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    m, b, j, q = _outs(out)
+    ingest("chexpert", {"dir": str(root)}, out, m, b, j, q, "skip")
+    quar = pd.read_csv(q)
+    assert list(quar["path"]) == [victim] and "truncated" in quar.iloc[0]["reason"]
+    man = json.loads(j.read_text())
+    meta = read_metadata(m)
+    assert man["counts"]["frontal"] == int((meta["view"] == "Frontal").sum())
+    n_frontal = int((pd.concat([pd.read_csv(root / DS / f) for f in ("train.csv", "valid.csv")])
+                     ["Frontal/Lateral"] == "Frontal").sum())  # fmt: skip
+    assert man["counts"]["frontal"] == n_frontal - 1 and man["counts"]["quarantined"] == 1
+
+
+def test_release_tree_is_ingestible(tmp_path: Path) -> None:
+    """The project ingests its own release (``CheXpert-v1.0-small-xmark/``) with source chexpert:
+    same ids, labels and pixels as the release HDF5.
+
+    Before the fix the folder finder and the path pattern refused the tree.
+    """
+    import numpy as np
+
+    from medmark.data.h5 import read_images, read_table
+    from medmark.data.labels import OBSERVATIONS
+    from medmark.data.preprocess import load_resized
+    from tests.test_xmark_release import R, _release
+    from tests.test_xmark_release import dataset as release_dataset
+
+    info = _release(release_dataset.__wrapped__(tmp_path))
+    tree = Path(info["image_tree"])
+    out = tmp_path / "received"
+    m, b, j, q = _outs(out)
+    ingest("chexpert", {"dir": str(tree.parent)}, out, m, b, j, q, "error")
+    meta = read_metadata(m)
+    rel = read_table(info["release_h5"])
+    assert list(meta["image_id"]) == list(rel["image_id"])
+    for obs in OBSERVATIONS:
+        np.testing.assert_array_equal(meta[obs].to_numpy(), rel[obs].to_numpy(np.float64))
+    released = read_images(info["release_h5"], rel["row"].to_numpy())
+    for k, path in enumerate(meta["path"]):
+        np.testing.assert_array_equal(load_resized(tree.parent / path, R), released[k])
+    assert json.loads(j.read_text())["counts"]["quarantined"] == 0

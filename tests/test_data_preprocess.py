@@ -207,6 +207,34 @@ def test_bad_image_error_names_file_and_leaves_nothing(
     assert not fx.out.exists() or os.listdir(fx.out) == []
 
 
+def test_error_lists_every_bad_image_of_the_pass(tmp_path: Path) -> None:
+    """Two bad images, one error naming both (before the fix: only the first)."""
+    fx = make_dataset(tmp_path)
+    a = _break(fx, "truncated", "patient00001/study1/view1_frontal")
+    b = _break(fx, "missing", "patient00004/study1/view1_frontal")
+    with pytest.raises(DataFormatError) as err:
+        fx.run(16, workers=2)
+    msg = str(err.value)
+    assert "2 unreadable images" in msg and str(a) in msg and str(b) in msg
+    assert "did the file change since" in msg
+    assert not fx.out.exists() or os.listdir(fx.out) == []
+
+
+def test_pipeline_has_one_quarantine_file() -> None:
+    """The workflow declares one quarantine (data/quarantine.csv); preprocess writes none.
+
+    Before the fix rule preprocess also wrote prep/r{res}.quarantine.csv, and the README and
+    the config comment each named a different one.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    rules = "".join(p.read_text() for p in (repo / "rules").glob("*.smk"))
+    assert rules.count("quarantine") == 1 and 'quarantine="results/data/quarantine.csv"' in rules
+    readme = (repo / "README.md").read_text()
+    config = (repo / "config" / "config.yaml").read_text()
+    assert "r{res}.quarantine.csv" not in readme + config
+    assert "results/data/quarantine.csv" in readme and "results/data/quarantine.csv" in config
+
+
 def test_skip_quarantines_bad_images(tmp_path: Path) -> None:
     fx = make_dataset(tmp_path)
     _break(fx, "truncated", "patient00001/study1/view1_frontal")

@@ -80,3 +80,51 @@ def test_duplicate_image_ids_rejected() -> None:
     meta = _metadata(5)
     with pytest.raises(ValueError, match="duplicate image_id"):
         patient_splits(pd.concat([meta, meta.iloc[:1]]), FRACTIONS, seed=0)
+
+
+def _task_metadata(pe_frontal: list[float]) -> pd.DataFrame:
+    """One frontal image per patient with the given Pleural Effusion values (+ one lateral)."""
+    from medmark.data.labels import OBSERVATIONS
+
+    rows = []
+    for i, v in enumerate(pe_frontal):
+        for view in ("Frontal", "Lateral") if i == 0 else ("Frontal",):
+            row = dict.fromkeys(OBSERVATIONS, np.nan)
+            row["Pleural Effusion"] = 1.0 if view == "Lateral" else v
+            row.update(image_id=f"patient{i:05d}/study1/view1_{view.lower()}",
+                       patient=f"patient{i:05d}", view=view)  # fmt: skip
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+TASK = {"target_observation": "Pleural Effusion", "uncertainty": "u_zeros", "target_class": 1}
+
+
+def test_task_without_target_positives_in_release_fails_right_after_the_splits() -> None:
+    """No positive frontal in the release split: error with the counts, before any training.
+
+    Before the fix this was caught only at the X-Mark release step, after the surrogate,
+    saliency and generator had trained on it (there was no check to call: ImportError).
+    """
+    from medmark.data.splits import check_task_classes
+    from medmark.errors import DataFormatError
+
+    # positives (and uncertain = negative under u_zeros) only outside the release split; the
+    # only positive in the release split is a lateral, which preprocess drops
+    meta = _task_metadata([0.0, 0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    split_of = ["release"] * 4 + ["verification"] * 2 + ["test"] * 2
+    splits = pd.DataFrame({"image_id": meta["image_id"], "patient": meta["patient"],
+                           "split": [split_of[int(p[-5:])] for p in meta["patient"]]})  # fmt: skip
+    with pytest.raises(DataFormatError) as e:
+        check_task_classes(meta, splits, TASK, file="splits.csv")
+    msg = str(e.value)
+    assert "file splits.csv" in msg and "'Pleural Effusion'" in msg
+    assert "release split has no frontal image of the target class" in msg
+    assert "release: 0 target / 4 other / 0 ignored" in msg
+    assert "verification: 1 target / 1 other" in msg
+    assert "fewer than 2 frontal non-target" in msg
+    ok = _task_metadata([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    counts = check_task_classes(ok, splits, TASK)
+    assert counts["release"] == {"target": 1, "other": 3, "ignored": 0}
+    ignore = check_task_classes(ok, splits, {**TASK, "uncertainty": "ignore"})
+    assert ignore["verification"]["other"] == 2
