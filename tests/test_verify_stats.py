@@ -36,19 +36,42 @@ P_CLEAN = np.array([0.10, 0.25, 0.05, 0.30, 0.20, 0.15, 0.40, 0.12])
 P_WM = np.array([0.70, 0.55, 0.62, 0.90, 0.35, 0.81, 0.66, 0.58])
 
 
-def test_ttest_matches_scipy_tau_shifted() -> None:
+def _t_sf_df7(t: float) -> float:
+    """Closed-form Student-t survival function for 7 degrees of freedom (odd-df series):
+    ``1/2 - (θ + sinθ·(cosθ + 2/3·cos³θ + 8/15·cos⁵θ)) / π`` with ``θ = atan(t/√7)``."""
+    th = math.atan(t / math.sqrt(7.0))
+    c = math.cos(th)
+    return 0.5 - (th + math.sin(th) * (c + 2 / 3 * c**3 + 8 / 15 * c**5)) / math.pi
+
+
+def test_ttest_tau_shifted_by_hand() -> None:
+    """t, df and p computed without scipy: mean and sd of ``p_wm - p_clean - tau`` by hand,
+    p from the closed-form t distribution for df = 7.
+
+    Breakage guarded: tau not subtracted (or added to p_wm), a two-sided instead of a one-sided
+    p-value, or an unpaired (Welch) test: each changes t or p beyond the tolerance."""
     tau = 0.2
     res = paired_ttest(P_WM, P_CLEAN, tau=tau, alpha=0.01)
-    ref = stats.ttest_rel(P_WM, P_CLEAN + tau, alternative="greater")
-    assert res.p_value == float(ref.pvalue)
-    assert res.statistic == float(ref.statistic)
-    assert res.df == len(P_WM) - 1
+    d = [w - c - tau for w, c in zip(P_WM.tolist(), P_CLEAN.tolist(), strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1))
+    t = mean / (sd / math.sqrt(n))
+    assert t == pytest.approx(3.7253, abs=1e-4)  # mean 0.25, sd 0.18981
+    assert res.statistic == pytest.approx(t, rel=1e-9)
+    assert res.df == 7
+    assert res.p_value == pytest.approx(_t_sf_df7(t), rel=1e-9)
     assert res.flag is None
-    assert res.significant == (ref.pvalue < 0.01)
-    assert res.log10_p == pytest.approx(math.log10(ref.pvalue), rel=1e-9)
-    assert res.mean_diff == pytest.approx(np.mean(P_WM - P_CLEAN))
+    assert res.significant == (_t_sf_df7(t) < 0.01)
+    assert res.log10_p == pytest.approx(math.log10(_t_sf_df7(t)), rel=1e-9)
+    assert res.mean_diff == pytest.approx(mean + tau, rel=1e-12)
     # a larger margin can only weaken the evidence
     assert paired_ttest(P_WM, P_CLEAN, tau=0.4, alpha=0.01).p_value > res.p_value
+    # the same differences as the tau = 0 hand check below, reached through tau = 0.2: t = sqrt(15)
+    p_clean = np.array([0.1, 0.2, 0.3, 0.4])
+    shifted = paired_ttest(p_clean + [0.3, 0.5, 0.4, 0.6], p_clean, tau=0.2, alpha=0.05)
+    assert shifted.statistic == pytest.approx(math.sqrt(15.0), rel=1e-9)
+    assert shifted.p_value == pytest.approx(0.015234, abs=1e-6)
 
 
 def test_ttest_hand_check_tau_zero() -> None:
@@ -121,22 +144,34 @@ def test_ttest_rejects_bad_input() -> None:
         paired_ttest([0.1, np.nan], [0.1, 0.2], tau=0.2, alpha=0.01)
 
 
-def test_wilcoxon_hard_label_detects_and_matches_scipy() -> None:
+def test_wilcoxon_hard_label_detects_by_hand() -> None:
+    """Expected values by hand, not by repeating the code's scipy calls.
+
+    d = 1[wm = t] - 1[clean = t] - 0.2: images 0-2 (target on both) and 35-39 (target on
+    neither) give -0.2, images 3-34 give +0.8. Ranks of |d|: the eight 0.2's share ranks 1-8
+    (4.5 each), the 32 0.8's ranks 9-40 (24.5 each), so W+ = 32 * 24.5 = 784. Normal
+    approximation with tie correction, no continuity correction: mean 40*41/4 = 410, variance
+    40*41*81/24 - ((8^3 - 8) + (32^3 - 32))/48 = 4842.5. Binomial: P(X >= 35), X ~ B(40, 0.275).
+
+    Breakage guarded: tau not subtracted or added, a two-sided p, the clean rate ignored in the
+    binomial null; each moves W+, the p-value or the binomial tail.
+    """
     pred_clean = np.zeros(40, dtype=np.int64)
     pred_clean[:3] = 1
     pred_wm = np.ones(40, dtype=np.int64)
     pred_wm[35:] = 0
     res = wilcoxon_hard_label(pred_wm, pred_clean, target_class=1, tau=0.2, alpha=0.01)
-    d = (pred_wm == 1).astype(float) - (pred_clean == 1).astype(float) - 0.2
-    ref = stats.wilcoxon(d, alternative="greater")
     assert res.primary is res.wilcoxon
-    assert res.wilcoxon.p_value == float(ref.pvalue)
-    assert res.wilcoxon.statistic == float(ref.statistic)
+    assert res.wilcoxon.statistic == 784.0
+    z = (784 - 410) / math.sqrt(4842.5)
+    expected_p = 0.5 * math.erfc(z / math.sqrt(2))
+    assert expected_p == pytest.approx(3.8401e-8, rel=1e-4)
+    assert res.wilcoxon.p_value == pytest.approx(expected_p, rel=1e-9, abs=0)
     assert res.wilcoxon.significant
     assert res.rate_wm == 35 / 40 and res.rate_clean == 3 / 40
-    bref = stats.binomtest(35, 40, 3 / 40 + 0.2, alternative="greater")
-    assert res.binomial.p_value == pytest.approx(bref.pvalue, rel=1e-12)
-    assert res.binomial.log10_p == pytest.approx(math.log10(bref.pvalue), rel=1e-6)
+    tail = sum(math.comb(40, k) * 0.275**k * 0.725 ** (40 - k) for k in range(35, 41))
+    assert res.binomial.p_value == pytest.approx(tail, rel=1e-9, abs=0)
+    assert res.binomial.log10_p == pytest.approx(math.log10(tail), rel=1e-6)
 
 
 def test_wilcoxon_hard_label_few_flips_not_detected_with_margin() -> None:
