@@ -166,3 +166,39 @@ def test_distilled_student_agrees_with_teacher(
         == predict_proba(teacher, x, device=CPU).argmax(1)
     ).mean()
     assert agree >= 0.8  # chance is 0.5 on the balanced toy problem
+
+
+class _Inverted(torch.nn.Module):
+    """A teacher that answers the opposite of the toy model (negated logits): wrong on purpose."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.inner(x)
+
+
+def test_distilled_student_follows_the_teacher_not_the_labels(
+    toy: tuple[Classifier, TensorDataset, TensorDataset], tmp_path: Path
+) -> None:
+    """The student learns the teacher's predictions, even where they contradict the labels.
+
+    The teacher is the toy model with negated logits, so it is wrong on (almost) every image.
+    Stated agreement: the student's argmax equals the teacher's on at least 80 % of the
+    held-out images (chance 50 %); its accuracy against the true labels is therefore <= 20 %.
+
+    Breakage guarded: ``distill`` training the student on the dataset's hard labels instead of
+    the teacher's soft labels (e.g. ``train_classifier(student, subset, ...)`` without the KD
+    loss). A student of an accurate teacher agrees with it either way; this one cannot.
+    """
+    model, train, test = toy
+    teacher = _Inverted(copy.deepcopy(model)).eval()
+    x = test.tensors[0]
+    teacher_pred = predict_proba(teacher, x, device=CPU).argmax(1)
+    assert (teacher_pred != test.tensors[1].numpy()).mean() >= 0.9  # the teacher is wrong
+    student = distill(
+        teacher, train, "resnet18", 2.0, 3, 1e-3, 1, CPU, tmp_path / "last.pt", train_cfg=TOY_CFG
+    )
+    student_pred = predict_proba(student, x, device=CPU).argmax(1)
+    assert (student_pred == teacher_pred).mean() >= 0.8

@@ -51,8 +51,17 @@ from medmark.cluster import (  # noqa: E402
 START = REPO / "tests" / "slurm" / "start-local-slurm.sh"
 STOP = REPO / "tests" / "slurm" / "stop-local-slurm.sh"
 CANNOT_RUN_DAEMONS = 77
-SLURM_TARGETS = ["data_all", "results/saliency/resnet18_r32/r32.h5"]
-"""Targets of the real pipeline run both locally and through Slurm (ingest + preprocess)."""
+SLURM_TARGETS = [
+    "data_all",
+    "results/saliency/resnet18_r32/r32.h5",
+    "results/main/xmark/suspects/Malicious/resnet18/seed0/model.pt",
+]
+"""Targets of the real pipeline run both locally and through Slurm: ingest + preprocess, the
+surrogate and its saliency, the X-Mark generator and release, one Malicious suspect."""
+GPU_RULES = frozenset(
+    ["surrogate", "saliency", "xmark_generator", "xmark_release", "suspect_watermarked"]
+)
+"""Rules of those targets that declare ``gpu=1`` (rules/*.smk): Slurm must allocate them a GPU."""
 TINY_PRESET = "config/presets/tiny.yaml"
 TOY_EXPECTED_SUMMARY = "1\n1\n4\n1\n4\n9\n"
 
@@ -244,9 +253,9 @@ def test_real_run_without_slurm_says_why(tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def local_slurm(pytestconfig: pytest.Config) -> Iterator[dict[str, str]]:
     """Start the one-node Slurm (or reuse one the start script already started) and stop, by
-    PID, the daemons this session started. Exit 77 (this machine cannot run the daemons) skips
-    with the script's reason; any other failure fails under ``CI=true`` and otherwise skips
-    with the full output."""
+    PID, the daemons this session started. Under ``CI=true`` any failure to start fails the
+    tests, exit 77 (this machine cannot run the daemons) included; elsewhere exit 77 skips with
+    the script's reason and any other failure skips with the full output."""
     state = Path(os.environ.get("MEDMARK_SLURM_STATE", "/tmp/medmark-slurm"))
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -255,12 +264,12 @@ def local_slurm(pytestconfig: pytest.Config) -> Iterator[dict[str, str]]:
     elapsed = time.monotonic() - t0
     out = proc.stdout + proc.stderr
     _show(pytestconfig, f"\n{START.name} exited {proc.returncode} after {elapsed:.1f} s:\n{out}")
-    if proc.returncode == CANNOT_RUN_DAEMONS:
-        pytest.skip(f"local Slurm: {out.strip()}")
     if proc.returncode != 0:
         message = f"{START.name} failed (exit {proc.returncode}):\n{out}"
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
+            pytest.fail(message)  # CI must run the cluster path: no silent skip, not even 77
+        if proc.returncode == CANNOT_RUN_DAEMONS:
+            pytest.skip(f"local Slurm: {out.strip()}")
         pytest.skip(message)
     started_here = "already running" not in proc.stdout
     info = dict(
@@ -355,7 +364,12 @@ def test_tiny_preset_through_slurm_equals_local(
     local_slurm: dict[str, str], tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
     """Issue 6 item 2: the tiny preset through ``snakemake --profile slurm`` against the local
-    Slurm; every non-local job went through sbatch, outputs equal a local run's."""
+    Slurm; every non-local job went through sbatch, outputs equal a local run's.
+
+    Issue 16 item 7: the surrogate, saliency, generator, release and suspect jobs were each
+    allocated ``gres:gpu:1`` by Slurm (``scontrol show job``), the CPU jobs none. Breakage
+    guarded: a GPU rule losing its ``gpu=1`` resource (or the profile dropping it), which the
+    toy workflow's assertion alone would not notice."""
     missing = [e for e in (*WORKFLOW_ENTRIES, TINY_PRESET) if not (REPO / e).exists()]
     assert not missing, f"the pipeline is not complete yet: missing {missing}"
     preset = [*SLURM_TARGETS, "--configfile", TINY_PRESET]  # targets first: nargs="+"
@@ -363,14 +377,14 @@ def test_tiny_preset_through_slurm_equals_local(
     # One checkout, two executors: the local run's results/ is set aside, then the same
     # directory runs through Slurm (paths recorded in provenance files are then identical).
     work = copy_workflow(REPO, tmp_path / "checkout", WORKFLOW_ENTRIES)
-    local_proc = run_snakemake(["--cores", "2", *preset], work, timeout=600)
+    local_proc = run_snakemake(["--cores", "2", *preset], work, timeout=1800)
     assert local_proc.returncode == 0, local_proc.stdout
     (work / "results").rename(work / "results.local")
     shutil.rmtree(work / ".snakemake")
 
     t0 = time.monotonic()
     proc = run_snakemake(
-        ["--profile", "slurm", *preset], work, env=_slurm_env(local_slurm), timeout=600
+        ["--profile", "slurm", *preset], work, env=_slurm_env(local_slurm), timeout=1800
     )
     elapsed = time.monotonic() - t0
     log = proc.stdout
@@ -380,6 +394,19 @@ def test_tiny_preset_through_slurm_equals_local(
     remote_jobs = [rule for local_rule, rule in rule_headers(log) if not local_rule]
     assert remote_jobs, "no job ran through Slurm"
     assert len(subs) == len(remote_jobs)
-    for _, _, slurm_log in subs:
+    by_rule: dict[str, list[int]] = {}
+    for _, slurm_id, slurm_log in subs:
         assert slurm_log.is_file(), f"Slurm log {slurm_log} missing"
+        by_rule.setdefault(slurm_log.parts[-3].removeprefix("rule_"), []).append(slurm_id)
+    assert set(by_rule) >= GPU_RULES, sorted(by_rule)
+    for rule, ids in sorted(by_rule.items()):
+        for slurm_id in ids:
+            job = _scontrol_job(slurm_id)
+            tres = " ".join(re.findall(r"\S*Tres\S*", job))
+            _show(pytestconfig, f"scontrol show job {slurm_id} ({rule}): {tres}")
+            assert "JobState=COMPLETED" in job, job
+            if rule in GPU_RULES:
+                assert "TresPerJob=gres:gpu:1" in job, f"{rule}: no GPU allocated\n{job}"
+            else:
+                assert "gres:gpu" not in job, f"{rule}: a CPU job got a GPU\n{job}"
     assert compare_trees(work / "results.local", work / "results") == []

@@ -33,23 +33,45 @@ def test_seeded_init_is_reproducible_and_save_load_roundtrip(tmp_path):
     assert torch.allclose(a.eval()(x), c(x))
 
 
+class _CountingDataset(torch.utils.data.Dataset):
+    """Counts item fetches: how many epochs a run actually trained (one fetch per item per epoch)."""
+
+    def __init__(self, inner: TensorDataset) -> None:
+        self.inner, self.fetched = inner, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):  # noqa: ANN204 - same item type as the inner dataset
+        self.fetched += 1
+        return self.inner[i]
+
+
 def test_resume_after_kill_gives_identical_weights(tmp_path):
-    """Kill after epoch 1 of 3 (simulated by a 1-epoch run sharing last.pt), rerun: same weights."""
+    """Kill after epoch 0 of 3, rerun from a model with another initial seed: same weights as an
+    uninterrupted run, and only epochs 1 and 2 are trained after the kill.
+
+    Breakage guarded: the checkpoint load in ``train_classifier`` disabled (a rerun restarts
+    from scratch). Because every epoch is re-seeded, a restart from the *same* init would end on
+    the same weights; the resumed model is therefore built with seed 99 (only the checkpoint can
+    bring it back to the seed-1 trajectory) and the epochs run after the kill are counted.
+    """
     ds = _toy()
     cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-3)
     full = build_classifier("resnet18", seed=1)
     train_classifier(full, ds, cfg, seed=1, device=torch.device("cpu"), last_path=tmp_path / "a.pt")
-
-    part = build_classifier("resnet18", seed=1)
     state = torch.load(tmp_path / "a.pt", weights_only=False)
     assert state["epoch"] == 2
+
     # Interrupted run: train one epoch, keep its last.pt, then a fresh process resumes it.
-    interrupted = TrainConfig(epochs=3, batch_size=16, lr=1e-3)
-    _train_one_epoch_then_stop(part, ds, interrupted, tmp_path / "b.pt")
-    resumed = build_classifier("resnet18", seed=1)
+    _train_one_epoch_then_stop(build_classifier("resnet18", seed=1), ds, cfg, tmp_path / "b.pt")
+    resumed = build_classifier("resnet18", seed=99)  # another init: only the checkpoint helps
+    assert not torch.equal(resumed.net.conv1.weight, full.net.conv1.weight)
+    counting = _CountingDataset(ds)
     hist = train_classifier(
-        resumed, ds, interrupted, seed=1, device=torch.device("cpu"), last_path=tmp_path / "b.pt"
+        resumed, counting, cfg, seed=1, device=torch.device("cpu"), last_path=tmp_path / "b.pt"
     )
+    assert counting.fetched == 2 * len(ds)  # epochs 1 and 2 only (drop_last keeps all 48 items)
     assert [h["epoch"] for h in hist] == [0, 1, 2]
     for pa, pb in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(pa, pb)

@@ -37,7 +37,11 @@ torch.set_num_threads(1)
 R = 16
 M = 24
 PATCH = 4
-VENV_MEDMARK = Path("/work/main/.venv/bin/medmark")
+BIN = Path(sys.executable).parent
+"""The folder of the interpreter running the tests: its ``medmark`` console script is the one
+installed beside it (no machine path)."""
+SRC = Path(__file__).resolve().parents[1] / "src"
+"""The package this test file sits beside; the console-script run imports it first."""
 
 
 class PatchModel(torch.nn.Module):
@@ -354,6 +358,50 @@ def test_cli_hard_label(tmp_path: Path, owner_dir: Path, models: dict[str, Path]
     assert summary["wsr"] == pytest.approx(float((table["pred_watermarked"] == 1).mean()))
 
 
+def test_verify_suspect_hard_label_independent_is_not_detected(owner_dir: Path) -> None:
+    """Hard-label access to a suspect that ignores the mark: "not detected", through
+    ``verify_suspect`` (only ``predict_label`` is called).
+
+    Breakage guarded: a hard-label verdict that always says "detected" (e.g. ``significant``
+    forced true, or the one-sided alternative reversed); the watermarked-suspect tests pass
+    either way.
+    """
+    ov = load_owner_verification(owner_dir)
+
+    class LabelsOnly:
+        def __init__(self) -> None:
+            self.inner = TorchBlackBox(PatchModel("br"))
+
+        def predict_proba(self, images: np.ndarray) -> np.ndarray:
+            raise AssertionError("hard-label mode must not ask for probabilities")
+
+        def predict_label(self, images: np.ndarray) -> np.ndarray:
+            return self.inner.predict_label(images)
+
+    summary, table = verify_suspect(
+        LabelsOnly(), ov.clean, ov.watermarked, None, None, 1, 0.2, 0.01, hard_label=True
+    )
+    assert summary["hard_label"] is True
+    assert summary["verdict"] == "not detected" and summary["significant"] is False
+    assert summary["p_value"] > 0.5  # the watermarked queries flip nothing towards the target
+    assert summary["wsr"] == pytest.approx(float((table["pred_watermarked"] == 1).mean()))
+    assert summary["wsr"] < 0.2
+
+
+def test_cli_hard_label_independent_is_not_detected(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``medmark verify --hard-label`` on an independent suspect: exit 0, "not detected" on
+    stdout and in the verdict file (breakage guarded: as in the ``verify_suspect`` test)."""
+    rc, out = _verify(tmp_path, models["indep_probs"], owner_dir, "--hard-label")
+    assert rc == 0
+    assert capsys.readouterr().out.startswith("not detected:")
+    summary = json.loads(out.read_text())
+    assert summary["hard_label"] is True
+    assert summary["verdict"] == "not detected" and summary["significant"] is False
+    assert summary["p_value"] > 0.5 and summary["wsr"] < 0.2
+
+
 def test_cli_bad_inputs_exit_2(
     tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -447,11 +495,29 @@ def test_cli_release_layout_per_resolution(
 
 
 def test_console_script(tmp_path: Path, owner_dir: Path, models: dict[str, Path]) -> None:
-    assert VENV_MEDMARK.is_file(), "console script missing: pip install -e /work/main --no-deps"
+    """The ``medmark`` console script of the interpreter running the tests, importing the
+    package beside this file (PYTHONPATH first), so it exercises this checkout's code.
+
+    Breakage guarded: a hard-coded checkout path (another machine's or another clone's
+    ``.venv/bin/medmark``): missing here, or running code other than the one under test.
+    """
+    script = BIN / "medmark"
+    assert script.is_file(), f"console script missing beside {sys.executable}: pip install -e ."
     out = tmp_path / "v.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    probe = subprocess.run(
+        [str(BIN / "python"), "-c", "import medmark; print(medmark.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert Path(probe.stdout.strip()).resolve().is_relative_to(SRC.resolve()), probe.stdout
     proc = subprocess.run(
         [
-            str(VENV_MEDMARK),
+            str(script),
             "verify",
             "--model",
             str(models["indep_probs"]),
@@ -464,6 +530,7 @@ def test_console_script(tmp_path: Path, owner_dir: Path, models: dict[str, Path]
         ],
         capture_output=True,
         text=True,
+        env=env,
         timeout=120,
         check=False,
     )

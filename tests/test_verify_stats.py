@@ -36,19 +36,42 @@ P_CLEAN = np.array([0.10, 0.25, 0.05, 0.30, 0.20, 0.15, 0.40, 0.12])
 P_WM = np.array([0.70, 0.55, 0.62, 0.90, 0.35, 0.81, 0.66, 0.58])
 
 
-def test_ttest_matches_scipy_tau_shifted() -> None:
+def _t_sf_df7(t: float) -> float:
+    """Closed-form Student-t survival function for 7 degrees of freedom (odd-df series):
+    ``1/2 - (θ + sinθ·(cosθ + 2/3·cos³θ + 8/15·cos⁵θ)) / π`` with ``θ = atan(t/√7)``."""
+    th = math.atan(t / math.sqrt(7.0))
+    c = math.cos(th)
+    return 0.5 - (th + math.sin(th) * (c + 2 / 3 * c**3 + 8 / 15 * c**5)) / math.pi
+
+
+def test_ttest_tau_shifted_by_hand() -> None:
+    """t, df and p computed without scipy: mean and sd of ``p_wm - p_clean - tau`` by hand,
+    p from the closed-form t distribution for df = 7.
+
+    Breakage guarded: tau not subtracted (or added to p_wm), a two-sided instead of a one-sided
+    p-value, or an unpaired (Welch) test: each changes t or p beyond the tolerance."""
     tau = 0.2
     res = paired_ttest(P_WM, P_CLEAN, tau=tau, alpha=0.01)
-    ref = stats.ttest_rel(P_WM, P_CLEAN + tau, alternative="greater")
-    assert res.p_value == float(ref.pvalue)
-    assert res.statistic == float(ref.statistic)
-    assert res.df == len(P_WM) - 1
+    d = [w - c - tau for w, c in zip(P_WM.tolist(), P_CLEAN.tolist(), strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1))
+    t = mean / (sd / math.sqrt(n))
+    assert t == pytest.approx(3.7253, abs=1e-4)  # mean 0.25, sd 0.18981
+    assert res.statistic == pytest.approx(t, rel=1e-9)
+    assert res.df == 7
+    assert res.p_value == pytest.approx(_t_sf_df7(t), rel=1e-9)
     assert res.flag is None
-    assert res.significant == (ref.pvalue < 0.01)
-    assert res.log10_p == pytest.approx(math.log10(ref.pvalue), rel=1e-9)
-    assert res.mean_diff == pytest.approx(np.mean(P_WM - P_CLEAN))
+    assert res.significant == (_t_sf_df7(t) < 0.01)
+    assert res.log10_p == pytest.approx(math.log10(_t_sf_df7(t)), rel=1e-9)
+    assert res.mean_diff == pytest.approx(mean + tau, rel=1e-12)
     # a larger margin can only weaken the evidence
     assert paired_ttest(P_WM, P_CLEAN, tau=0.4, alpha=0.01).p_value > res.p_value
+    # the same differences as the tau = 0 hand check below, reached through tau = 0.2: t = sqrt(15)
+    p_clean = np.array([0.1, 0.2, 0.3, 0.4])
+    shifted = paired_ttest(p_clean + [0.3, 0.5, 0.4, 0.6], p_clean, tau=0.2, alpha=0.05)
+    assert shifted.statistic == pytest.approx(math.sqrt(15.0), rel=1e-9)
+    assert shifted.p_value == pytest.approx(0.015234, abs=1e-6)
 
 
 def test_ttest_hand_check_tau_zero() -> None:

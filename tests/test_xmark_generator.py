@@ -248,6 +248,13 @@ class _Crashing(torch.utils.data.Dataset):
 
 
 def test_resume_after_interrupted_epoch_gives_identical_weights(tmp_path: Path) -> None:
+    """Killed in epoch 1 of 3, rerun: same weights, and only epochs 1 and 2 run after the kill.
+
+    Breakage guarded: the checkpoint load in ``train_generator`` disabled (a rerun restarts from
+    epoch 0). Each epoch is re-seeded from ``(key, epoch)`` and the init from the key (which the
+    checkpoint fingerprint pins), so a restart ends on the same weights; the guard is the number
+    of items the resumed run fetches: two epochs' worth, not three.
+    """
     data = _triples()
     full = _train(tmp_path, data, TINY, tag="full")
     with pytest.raises(_Interrupt):
@@ -255,7 +262,9 @@ def test_resume_after_interrupted_epoch_gives_identical_weights(tmp_path: Path) 
     state = torch.load(tmp_path / "cut_last.pt", weights_only=False)
     assert state["epoch"] == 0  # epoch 1 was interrupted, only epoch 0 was saved
     assert len(pd.read_csv(tmp_path / "cut_loss.csv")) == 1
-    resumed = _train(tmp_path, data, TINY, tag="cut")
+    counting = _Crashing(data, limit=10**9)  # never crashes: counts the items fetched
+    resumed = _train(tmp_path, counting, TINY, tag="cut")  # type: ignore[arg-type]
+    assert counting.calls == 2 * len(data)  # epochs 1 and 2 (24 items = 3 full batches of 8)
     assert _same_weights(full, resumed)
     assert len(pd.read_csv(tmp_path / "cut_loss.csv")) == 3
     with pytest.raises(ValueError, match="another config/key"):

@@ -171,6 +171,9 @@ SelectTypeParameters=CR_Core_Memory
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+# keep finished jobs visible to `scontrol show job` for an hour (default 300 s): the tests read
+# the GPU allocation of every job after a tiny-preset run that takes longer than that
+MinJobAge=3600
 ReturnToService=2
 SlurmctldPidFile=/run/medmark-slurmctld.pid
 SlurmdPidFile=/run/medmark-slurmd.pid
