@@ -28,7 +28,11 @@ localrules:
     report_pvalues,
     report_examples,
     report_attacks,
-    report_poison_curve,
+    report_sweep,
+    sweeps,
+    population,
+    population_report,
+    xmark_diagnostics,
     xmark_quality_table,
 
 

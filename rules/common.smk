@@ -55,7 +55,27 @@ SCENARIOS = ["Malicious", "Ind-W", "Ind-D", "Ind-M"]
 # Scenarios whose training data never saw our watermark: shared by every variant.
 CLEAN_SCENARIOS = ["Ind-D", "Ind-M"]
 METHODS = ["xmark"]
-WATERMARKS = {"owner": "owner_key", "indep": "independent_key"}
+# {wm}: "owner" (the owner's key) or "indep{i}" (the i-th of xmark.independent_keys).
+WM_REGEX = r"owner|indep\d+"
+
+
+def wm_key(c, wm):
+    """The key of watermark ``wm`` in config ``c`` (owner_key or independent_keys[i])."""
+    if wm == "owner":
+        return c["xmark"]["owner_key"]
+    keys = c["xmark"]["independent_keys"]
+    i = int(wm.removeprefix("indep"))
+    if i >= len(keys):
+        raise ValueError(
+            f"{wm}: only {len(keys)} xmark.independent_keys are configured"
+        )
+    return keys[i]
+
+
+def indep_wms(c):
+    return [f"indep{i}" for i in range(len(c["xmark"]["independent_keys"]))]
+
+
 ABLATION_DIR = Path(workflow.basedir) / "config" / "ablations"
 
 
@@ -63,12 +83,14 @@ wildcard_constraints:
     res=r"\d+",
     sres=r"\d+",
     dres=r"\d+",
+    epochs=r"\d+",
     seed=r"\d+",
-    arch="|".join(["resnet18", "densenet121"]),
+    arch="|".join(["resnet18", "densenet121", "shufflenet_v2"]),
     scenario="|".join(SCENARIOS),
     clean_scenario="|".join(CLEAN_SCENARIOS),
     method="|".join(METHODS),
-    wm="|".join(WATERMARKS),
+    wm=WM_REGEX,
+    key=r"\d+",
     variant=r"[A-Za-z0-9_]+",
     attack=ATTACK_REGEX,
 
@@ -84,11 +106,15 @@ def deep_merge(base, overlay):
     return out
 
 
+POPULATION_OVERLAY = Path(workflow.basedir) / "config" / "population.yaml"
+
+
 def load_variant(name):
-    """The config of a variant: ``main`` or ``config/ablations/{name}.yaml`` over the main config."""
+    """The config of a variant: ``main``, ``population`` (config/population.yaml) or
+    ``config/ablations/{name}.yaml``, each over the main config."""
     if name == "main":
         return config
-    path = ABLATION_DIR / f"{name}.yaml"
+    path = POPULATION_OVERLAY if name == "population" else ABLATION_DIR / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in ABLATION_DIR.glob("*.yaml"))
         raise ValueError(f"unknown ablation {name!r}: no {path}; known: {known}")
@@ -104,7 +130,7 @@ for _name in config["ablations"]:
         _name
     )  # fails early, naming the file, if a requested overlay is missing
 # Every overlay is validated at parse time, so a bad overlay fails before any job runs.
-VARIANT_CONFIGS = {"main": config} | {
+VARIANT_CONFIGS = {"main": config, "population": load_variant("population")} | {
     name: load_variant(name) for name in ALL_ABLATIONS
 }
 
@@ -137,10 +163,28 @@ def release_resolutions(c):
 
 
 def seeds_for(c, scenario):
-    n = c["suspects"][
-        "malicious_seeds" if scenario == "Malicious" else "independent_seeds"
-    ]
-    return list(range(n))
+    """Seeds of a scenario's population (per architecture). Ind-W seed s trains (with seed s) on
+    the release of independent key s mod n_keys and Ind-Wp seed s queries the Malicious model of
+    seed s mod malicious_seeds with independent key s mod n_keys, so both populations cover every
+    independent key: max(n_keys, independent_seeds) models each."""
+    n_keys = len(c["xmark"]["independent_keys"])
+    s = c["suspects"]
+    if scenario == "Malicious":
+        return list(range(s["malicious_seeds"]))
+    if scenario in ("Ind-W", "Ind-Wp"):
+        return list(range(max(n_keys, s["independent_seeds"])))
+    return list(range(s["independent_seeds"]))
+
+
+def check_keys():
+    """Independent keys must differ from the owner's (else Ind-W would be Malicious)."""
+    for name, c in VARIANT_CONFIGS.items():
+        x = c["xmark"]
+        if x["owner_key"] in x["independent_keys"]:
+            raise ValueError(
+                f"variant {name!r}: xmark.independent_keys {x['independent_keys']} contains "
+                f"the owner_key {x['owner_key']}"
+            )
 
 
 def provenance():
@@ -210,24 +254,52 @@ def check_variant_resolutions():
 
 
 check_variant_resolutions()
+check_keys()
+
+
+# Keys do not enter a generator's identity beyond its own key: decoys and key lists only shape the
+# release and verification, so they are left out when deciding whether a variant can reuse main's.
+GENERATOR_NEUTRAL_KEYS = ("owner_key", "independent_keys", "decoys")
+
+
+def _generator_section(c):
+    return {k: v for k, v in c["xmark"].items() if k not in GENERATOR_NEUTRAL_KEYS}
 
 
 def generator_variant(variant):
-    """The variant whose generator ``variant`` uses: ``main`` when the X-Mark section (and the
-    surrogate and task it trains against) are identical, so release-only ablations (poisoning
-    rate, suspect resolutions) do not retrain an identical generator."""
+    """The variant whose generators ``variant`` uses: ``main`` when the X-Mark section (and the
+    surrogate and task it trains against) are identical up to keys and decoys, so release-only
+    ablations (poisoning rate, decoys, suspect recipes) do not retrain an identical generator.
+    """
     c = vcfg(variant)
-    same = all(c[k] == config[k] for k in ("xmark", "surrogate", "saliency", "task"))
+    same = _generator_section(c) == _generator_section(config) and all(
+        c[k] == config[k] for k in ("surrogate", "saliency", "task")
+    )
     return "main" if same else variant
 
 
+def generator_dir(variant, key):
+    """One generator per (generator variant, key): results/{gvariant}/xmark/key{key}/generator."""
+    return f"results/{generator_variant(variant)}/xmark/key{key}/generator"
+
+
 def generator_path(wc):
-    return f"results/{generator_variant(wc.variant)}/xmark/{wc.wm}/generator/model.pt"
+    return f"{generator_dir(wc.variant, wm_key(vcfg(wc.variant), wc.wm))}/model.pt"
+
+
+def diagnostics_train_cfg(c):
+    """The suspects' recipe, shortened to ``diagnostics.epochs``."""
+    return c["suspects"]["train"] | {"epochs": c["diagnostics"]["epochs"]}
+
+
+def reference_model(c, arch):
+    res, dres = c["suspects"]["resolution"], suspect_data_res(c)
+    return f"results/reference/{arch}/r{res}_from{dres}/model.pt"
 
 
 def xmark_outputs(variant, wm="owner"):
     base = f"results/{variant}/xmark/{wm}"
-    gen = f"results/{generator_variant(variant)}/xmark/{wm}/generator/loss.csv"
+    gen = f"{generator_dir(variant, wm_key(vcfg(variant), wm))}/loss.csv"
     out = [gen, f"{base}/owner/owner.json"]
     out += [f"{base}/release/r{r}.h5" for r in RELEASE_RES]
     return out
@@ -238,7 +310,14 @@ def xmark_outputs(variant, wm="owner"):
 # watermarked release of a variant; Ind-M and Ind-D never see a watermark, so they are shared by
 # every variant and keyed by their resolutions only.
 
-SUSPECT_RELEASE = {"Malicious": "owner", "Ind-W": "indep"}
+
+def suspect_release_wm(c, scenario, seed):
+    """The watermark whose release a Malicious / Ind-W suspect trains on."""
+    if scenario == "Malicious":
+        return "owner"
+    return f"indep{int(seed) % len(c['xmark']['independent_keys'])}"
+
+
 CLEAN_SPLIT = {"Ind-M": "release", "Ind-D": "independent"}
 
 
@@ -256,7 +335,8 @@ def suspect_model(variant, method, scenario, arch, seed):
     c = vcfg(variant)
     if scenario in CLEAN_SPLIT:
         res, dres = c["suspects"]["resolution"], suspect_data_res(c)
-        return f"results/clean_suspects/{scenario}/{arch}/r{res}_from{dres}/seed{seed}/model.pt"
+        ep = c["suspects"]["train"]["epochs"]
+        return f"results/clean_suspects/{scenario}/{arch}/r{res}_from{dres}_e{ep}/seed{seed}/model.pt"
     return f"results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/model.pt"
 
 
@@ -266,17 +346,30 @@ def suspect_model(variant, method, scenario, arch, seed):
 
 VERIFY_SCENARIOS = SCENARIOS + ["Ind-Wp"]
 VERIFY_MODEL_SCENARIO = {s: s for s in SCENARIOS} | {"Ind-Wp": "Malicious"}
-VERIFY_WATERMARK = {s: "owner" for s in SCENARIOS} | {"Ind-Wp": "indep"}
+
+
+def verify_wm(c, vscenario, seed):
+    """Ind-Wp seed s queries the Malicious model of seed s with independent key s (mod n)."""
+    if vscenario != "Ind-Wp":
+        return "owner"
+    return f"indep{int(seed) % len(c['xmark']['independent_keys'])}"
 
 
 def verify_inputs(wc):
     c = vcfg(wc.variant)
-    owner = f"results/{wc.variant}/{wc.method}/{VERIFY_WATERMARK[wc.vscenario]}/owner"
+    owner = (
+        f"results/{wc.variant}/{wc.method}/{verify_wm(c, wc.vscenario, wc.seed)}/owner"
+    )
     model_scenario = VERIFY_MODEL_SCENARIO[wc.vscenario]
+    mseed = (
+        int(wc.seed) % c["suspects"]["malicious_seeds"]
+        if wc.vscenario == "Ind-Wp"
+        else wc.seed
+    )
     if attack_kind(wc.attack) == "model":
-        model = f"results/{wc.variant}/{wc.method}/attacked/{model_scenario}/{wc.arch}/seed{wc.seed}/{wc.attack}/model.pt"
+        model = f"results/{wc.variant}/{wc.method}/attacked/{model_scenario}/{wc.arch}/seed{mseed}/{wc.attack}/model.pt"
     else:
-        model = suspect_model(wc.variant, wc.method, model_scenario, wc.arch, wc.seed)
+        model = suspect_model(wc.variant, wc.method, model_scenario, wc.arch, mseed)
     return {
         "model": model,
         "owner": f"{owner}/owner.json",
@@ -288,7 +381,7 @@ def verify_targets(variant="main", method="xmark", attacks=("none",)):
     c = vcfg(variant)
     out = []
     for scenario in VERIFY_SCENARIOS:
-        seeds = seeds_for(c, VERIFY_MODEL_SCENARIO[scenario])
+        seeds = seeds_for(c, scenario)
         for arch in c["suspects"]["archs"]:
             for seed in seeds:
                 for attack in attacks:
@@ -334,7 +427,7 @@ def attack_targets(variant="main", method="xmark"):
     archs = c["attacks"]["archs"] or c["suspects"]["archs"]
     out = []
     for scenario in c["attacks"]["scenarios"]:
-        n = len(seeds_for(c, VERIFY_MODEL_SCENARIO[scenario]))
+        n = len(seeds_for(c, scenario))
         for arch in archs:
             for seed in range(min(n, c["attacks"]["seeds"])):
                 for attack in attack_names(c):
@@ -357,17 +450,40 @@ def ablation_targets(name):
 # shared input that is missing: data, surrogate, saliency, clean suspects).
 
 
-# ---- the poisoning-rate curve (report) ----
-POISON_VARIANTS = [
-    v
-    for v in ("poison_002", "poison_005", "main", "poison_020")
-    if v in VARIANT_CONFIGS
-]
+# ---- sweeps (report): poisoning rate and training length, Malicious beside the independents ----
+SWEEPS = {
+    "poison": {
+        "variants": ["poison_002", "poison_005", "main", "poison_020"],
+        "column": "poison_rate",
+        "xlabel": "poisoning rate γ",
+        "value": lambda c: c["release"]["poison_rate"],
+        "scenarios": ["Malicious", "Ind-W", "Ind-M"],
+    },
+    "epochs": {
+        "variants": ["main", "epochs_x3"],
+        "column": "epochs",
+        "xlabel": "suspect training epochs",
+        "value": lambda c: c["suspects"]["train"]["epochs"],
+        "scenarios": ["Malicious", "Ind-W", "Ind-M", "Ind-D"],
+    },
+}
 
 
-def poison_curve_inputs(wildcards):
+def sweep_inputs(sweep):
+    """Verdicts of every model of the sweep's scenarios, first suspect arch, at each point."""
+    sw = SWEEPS[sweep]
     arch = config["suspects"]["archs"][0]
-    return [
-        f"results/{v}/xmark/verify/Malicious/{arch}/seed0/none/summary.json"
-        for v in POISON_VARIANTS
-    ]
+    out = []
+    for v in sw["variants"]:
+        c = vcfg(v)
+        for scen in sw["scenarios"]:
+            for seed in seeds_for(c, scen):
+                out.append(
+                    f"results/{v}/xmark/verify/{scen}/{arch}/seed{seed}/none/summary.json"
+                )
+    return out
+
+
+def sweep_values(sweep):
+    sw = SWEEPS[sweep]
+    return {v: sw["value"](vcfg(v)) for v in sw["variants"]}

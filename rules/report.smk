@@ -71,31 +71,40 @@ rule report_examples:
         "../scripts/report_examples.py"
 
 
-rule report_poison_curve:
+rule report_sweep:
     input:
-        summaries=poison_curve_inputs,
+        summaries=lambda wc: sweep_inputs(wc.sweep),
     output:
-        csv="results/report/wsr_vs_poison.csv",
+        csv="results/report/sweep_{sweep}.csv",
         png=report(
-            "results/report/wsr_vs_poison.png",
-            caption="../report/poison_curve.rst",
-            category="Verification",
-            labels={"what": "WSR vs poisoning rate"},
+            "results/report/sweep_{sweep}.png",
+            caption="../report/sweep.rst",
+            category="Sweeps",
+            labels={"sweep": "{sweep}"},
         ),
     log:
-        logf("report/poison_curve"),
+        logf("report/sweep_{sweep}"),
+    wildcard_constraints:
+        sweep="|".join(SWEEPS),
     conda:
         conda_env()
     params:
-        rates={v: vcfg(v)["release"]["poison_rate"] for v in POISON_VARIANTS},
+        column=lambda wc: SWEEPS[wc.sweep]["column"],
+        xlabel=lambda wc: SWEEPS[wc.sweep]["xlabel"],
+        values=lambda wc: sweep_values(wc.sweep),
         alpha=config["verify"]["alpha"],
     script:
-        "../scripts/report_poison_curve.py"
+        "../scripts/report_sweep.py"
+
+
+rule sweeps:
+    input:
+        expand("results/report/sweep_{sweep}.png", sweep=list(SWEEPS)),
 
 
 rule report_all:
     input:
-        "results/report/wsr_vs_poison.png",
+        "results/main/xmark/owner/diagnostics/diagnostics.json",
         "results/main/report/verification.md",
         "results/main/report/pvalues.png",
         "results/main/report/examples.png",
@@ -113,3 +122,30 @@ for _name in ALL_ABLATIONS:
 rule ablations:
     input:
         [ablation_targets(n) for n in ALL_ABLATIONS],
+
+
+rule population_report:
+    input:
+        summaries=verify_targets("population"),
+    output:
+        csv="results/population/report/false_positive_rates.csv",
+        md=report(
+            "results/population/report/false_positive_rates.md",
+            caption="../report/population.rst",
+            category="Verification",
+            labels={"what": "false-positive rates with Clopper-Pearson intervals"},
+        ),
+    log:
+        logf("population/report"),
+    conda:
+        conda_env()
+    params:
+        confidence=0.95,
+    script:
+        "../scripts/report_population.py"
+
+
+rule population:
+    input:
+        "results/population/report/false_positive_rates.md",
+        "results/population/report/verification.md",

@@ -5,7 +5,7 @@
 
 rule suspect_watermarked:
     input:
-        train=lambda wc: f"results/{wc.variant}/{wc.method}/{SUSPECT_RELEASE[wc.scenario]}/release/r{suspect_data_res(vcfg(wc.variant))}.h5",
+        train=lambda wc: f"results/{wc.variant}/{wc.method}/{suspect_release_wm(vcfg(wc.variant), wc.scenario, wc.seed)}/release/r{suspect_data_res(vcfg(wc.variant))}.h5",
         test=lambda wc: f"results/prep/r{suspect_data_res(vcfg(wc.variant))}.h5",
     output:
         model="results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/model.pt",
@@ -23,6 +23,7 @@ rule suspect_watermarked:
     resources:
         **suspect_resources(),
     params:
+        arch=lambda wc: wc.arch,
         task=config["task"],
         train_cfg=lambda wc: vcfg(wc.variant)["suspects"]["train"],
         input_resolution=lambda wc: vcfg(wc.variant)["suspects"]["resolution"],
@@ -44,11 +45,13 @@ rule suspect_clean:
         train="results/prep/r{dres}.h5",
         test="results/prep/r{dres}.h5",
     output:
-        model="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}/model.pt",
-        history="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}/history.csv",
-        metrics="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}/metrics.json",
+        model="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}_e{epochs}/seed{seed}/model.pt",
+        history="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}_e{epochs}/seed{seed}/history.csv",
+        metrics="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}_e{epochs}/seed{seed}/metrics.json",
     log:
-        logf("clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}"),
+        logf(
+            "clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}_e{epochs}/seed{seed}"
+        ),
     cache: "omit-software"
     conda:
         conda_env()
@@ -56,12 +59,13 @@ rule suspect_clean:
     resources:
         **suspect_resources(),
     params:
+        arch=lambda wc: wc.arch,
         task=config["task"],
-        train_cfg=config["suspects"]["train"],
+        train_cfg=lambda wc: config["suspects"]["train"] | {"epochs": int(wc.epochs)},
         input_resolution=lambda wc: int(wc.res),
         seed=lambda wc: int(wc.seed),
         device=config["device"],
-        last="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}/seed{seed}/last.pt",
+        last="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}_e{epochs}/seed{seed}/last.pt",
         split=lambda wc: CLEAN_SPLIT[wc.clean_scenario],
         meta=lambda wc: {"scenario": wc.clean_scenario},
     script:

@@ -8,10 +8,10 @@ rule xmark_generator:
         saliency=lambda wc: f"results/saliency/{surrogate_tag()}/r{xres(wc)}.h5",
         surrogate=f"results/surrogate/{surrogate_tag()}/model.pt",
     output:
-        model="results/{variant}/xmark/{wm}/generator/model.pt",
-        loss="results/{variant}/xmark/{wm}/generator/loss.csv",
+        model="results/{variant}/xmark/key{key}/generator/model.pt",
+        loss="results/{variant}/xmark/key{key}/generator/loss.csv",
     log:
-        logf("{variant}/xmark/{wm}/generator"),
+        logf("{variant}/xmark/key{key}/generator"),
     cache: "omit-software"
     conda:
         conda_env()
@@ -23,11 +23,11 @@ rule xmark_generator:
         cpus_per_gpu=2,
     params:
         xmark=lambda wc: vcfg(wc.variant)["xmark"],
-        key=lambda wc: vcfg(wc.variant)["xmark"][WATERMARKS[wc.wm]],
+        key=lambda wc: int(wc.key),
         task=config["task"],
         surrogate_resolution=config["surrogate"]["resolution"],
         device=config["device"],
-        last="results/{variant}/xmark/{wm}/generator/last.pt",
+        last="results/{variant}/xmark/key{key}/generator/last.pt",
     script:
         "../scripts/xmark_generator.py"
 
@@ -70,7 +70,8 @@ rule xmark_release:
         owner_dir="results/{variant}/xmark/{wm}/owner",
         release_cfg=lambda wc: vcfg(wc.variant)["release"],
         verify_cfg=lambda wc: vcfg(wc.variant)["verify"],
-        key=lambda wc: vcfg(wc.variant)["xmark"][WATERMARKS[wc.wm]],
+        decoys=lambda wc: vcfg(wc.variant)["xmark"]["decoys"],
+        key=lambda wc: wm_key(vcfg(wc.variant), wc.wm),
         task=config["task"],
         device=config["device"],
     script:
@@ -100,5 +101,98 @@ rule xmark_quality_table:
 rule xmark_all:
     input:
         xmark_outputs("main", "owner"),
-        xmark_outputs("main", "indep"),
+        [xmark_outputs("main", wm) for wm in indep_wms(config)],
         "results/report/xmark_quality.md",
+
+
+# Quick diagnostics (no suspect training): a short proxy on the release, short clean references.
+rule xmark_proxy:
+    input:
+        train=lambda wc: f"results/{wc.variant}/xmark/owner/release/r{suspect_data_res(vcfg(wc.variant))}.h5",
+        test=lambda wc: f"results/prep/r{suspect_data_res(vcfg(wc.variant))}.h5",
+    output:
+        model="results/{variant}/xmark/owner/diagnostics/proxy/model.pt",
+        history="results/{variant}/xmark/owner/diagnostics/proxy/history.csv",
+        metrics="results/{variant}/xmark/owner/diagnostics/proxy/metrics.json",
+    log:
+        logf("{variant}/xmark/owner/proxy"),
+    conda:
+        conda_env()
+    threads: 2
+    resources:
+        **suspect_resources(),
+    params:
+        arch=lambda wc: vcfg(wc.variant)["diagnostics"]["proxy_arch"],
+        task=config["task"],
+        train_cfg=lambda wc: diagnostics_train_cfg(vcfg(wc.variant)),
+        input_resolution=lambda wc: vcfg(wc.variant)["suspects"]["resolution"],
+        seed=config["seed"],
+        device=config["device"],
+        last="results/{variant}/xmark/owner/diagnostics/proxy/last.pt",
+        split=None,
+        meta=lambda wc: {"role": "release_proxy", "variant": wc.variant},
+    script:
+        "../scripts/train_suspect.py"
+
+
+rule reference_clean:
+    input:
+        train="results/prep/r{dres}.h5",
+        test="results/prep/r{dres}.h5",
+    output:
+        model="results/reference/{arch}/r{res}_from{dres}/model.pt",
+        history="results/reference/{arch}/r{res}_from{dres}/history.csv",
+        metrics="results/reference/{arch}/r{res}_from{dres}/metrics.json",
+    log:
+        logf("reference/{arch}/r{res}_from{dres}"),
+    cache: "omit-software"
+    conda:
+        conda_env()
+    threads: 2
+    resources:
+        **suspect_resources(),
+    params:
+        arch=lambda wc: wc.arch,
+        task=config["task"],
+        train_cfg=diagnostics_train_cfg(config),
+        input_resolution=lambda wc: int(wc.res),
+        seed=config["seed"],
+        device=config["device"],
+        last="results/reference/{arch}/r{res}_from{dres}/last.pt",
+        split="release",
+        meta={"role": "clean_reference"},
+    script:
+        "../scripts/train_suspect.py"
+
+
+rule xmark_diagnostics:
+    input:
+        owner="results/{variant}/xmark/owner/owner/owner.json",
+        indep=lambda wc: [
+            f"results/{wc.variant}/xmark/{wm}/owner/owner.json"
+            for wm in indep_wms(vcfg(wc.variant))
+        ],
+        proxy="results/{variant}/xmark/owner/diagnostics/proxy/model.pt",
+        references=lambda wc: [
+            reference_model(vcfg(wc.variant), arch)
+            for arch in vcfg(wc.variant)["suspects"]["archs"]
+        ],
+    output:
+        json="results/{variant}/xmark/owner/diagnostics/diagnostics.json",
+    log:
+        logf("{variant}/xmark/owner/diagnostics"),
+    conda:
+        conda_env()
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        indep_wms=lambda wc: indep_wms(vcfg(wc.variant)),
+        archs=lambda wc: vcfg(wc.variant)["suspects"]["archs"],
+        resolution=lambda wc: suspect_data_res(vcfg(wc.variant)),
+        input_resolution=lambda wc: vcfg(wc.variant)["suspects"]["resolution"],
+        verify_cfg=lambda wc: vcfg(wc.variant)["verify"],
+        device=config["device"],
+    script:
+        "../scripts/xmark_diagnostics.py"

@@ -23,10 +23,10 @@ with script_logging(snakemake.log[0]):
         "WSR",
         "dP",
         "p_median",
-        "rate_p_lt_alpha",
+        "rate_detected",
     ]
     md = markdown_table(table, cols) + (
-        f"\nrate_p_lt_alpha (α = {alpha}): detection rate for Malicious, false-positive rate otherwise. "
+        f"\nrate_detected (verdicts, α = {alpha}): detection rate for Malicious, false-positive rate otherwise. "
         "BA_drop = BA without attack − BA with it (what the attack costs the attacker).\n"
     )
     write_table(table, snakemake.output.csv, snakemake.output.md, md)

@@ -9,7 +9,7 @@ with script_logging(snakemake.log[0]):
         train_h5=snakemake.input.train,
         train_split=p.split,
         test_h5=snakemake.input.test,
-        arch=snakemake.wildcards.arch,
+        arch=p.arch,
         task=p.task,
         train_cfg=p.train_cfg,
         seed=p.seed,

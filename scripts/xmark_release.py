@@ -16,6 +16,7 @@ with script_logging(snakemake.log[0]):
         task=p.task,
         release_cfg=p.release_cfg,
         verify_cfg=p.verify_cfg,
+        decoys=p.decoys,
         key=p.key,
         device=p.device,
         threads=snakemake.threads,

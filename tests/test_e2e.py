@@ -167,7 +167,7 @@ def test_attacks_on_tiny_keep_independent_suspects_undetected(tiny):
     table = pd.read_csv(tiny / "results/main/report/attacks.csv")
     assert set(table["attack"]) == {"none", "finetune_frac0.3", "prune_0.5", "down_0.5", "jpeg_q50"}
     ind_m = table[table["scenario"] == "Ind-M"]
-    assert len(ind_m) == 5 and (ind_m["rate_p_lt_alpha"] == 0).all()
+    assert len(ind_m) == 5 and (ind_m["rate_detected"] == 0).all()
     pruned = json.loads(
         (
             tiny / "results/main/xmark/attacked/Malicious/resnet18/seed0/prune_0.5/pruning.json"

@@ -45,8 +45,8 @@ def test_rates_are_over_the_population(tmp_path):
     tidy = collect_summaries(paths)
     assert np.isnan(tidy["auroc"]).all()  # JSON null -> NaN
     table = scenario_table(tidy, alpha=0.01).set_index("scenario")
-    assert table.loc["Malicious", "rate_p_lt_alpha"] == 1.0
-    assert table.loc["Ind-M", "rate_p_lt_alpha"] == 0.25  # one of four independent models
+    assert table.loc["Malicious", "rate_detected"] == 1.0
+    assert table.loc["Ind-M", "rate_detected"] == 0.25  # one of four independent models
     assert table.loc["Ind-M", "models"] == 4
     assert list(table.index) == ["Malicious", "Ind-M"]  # paper order
 

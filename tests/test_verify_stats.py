@@ -24,9 +24,11 @@ from medmark.verify import (
     delta_p,
     hard_label_test,
     json_safe,
+    key_specific_test,
     paired_ttest,
     t_log10_sf,
     tango_score,
+    verify_suspect,
     wsr,
 )
 
@@ -357,3 +359,86 @@ def test_json_safe_strict() -> None:
         "k": 3,
         "nested": [{"x": 0.5}],
     }
+
+
+# --------------------------------------------------------------------------- key-specific test
+
+
+def test_key_specific_test_matches_scipy_on_fixed_vectors() -> None:
+    """Expected value by another route: a one-sample t-test of the contrasts against key_tau."""
+    own = np.array([0.91, 0.85, 0.40, 0.77, 0.95, 0.66, 0.88, 0.71])
+    dec = np.array(
+        [
+            [0.20, 0.31, 0.10, 0.25, 0.40, 0.12, 0.33, 0.28],
+            [0.15, 0.22, 0.35, 0.18, 0.30, 0.20, 0.41, 0.19],
+            [0.11, 0.40, 0.05, 0.30, 0.22, 0.25, 0.29, 0.35],
+        ]
+    )
+    res = key_specific_test(own, dec, key_tau=0.1, alpha=0.01)
+    d = own - dec.mean(axis=0)
+    ref = stats.ttest_1samp(d, 0.1, alternative="greater")
+    assert res.statistic == pytest.approx(float(ref.statistic), rel=1e-10)
+    assert res.p_value == pytest.approx(float(ref.pvalue), rel=1e-10)
+    assert res.mean_diff == pytest.approx(float(d.mean()))
+    assert res.significant and res.test == "key_contrast_paired_t"
+    flipped = key_specific_test(dec[0], np.stack([own, dec[1]]), key_tau=0.1, alpha=0.01)
+    assert not flipped.significant  # swapping the owner's mark with a decoy's loses it
+    with pytest.raises(ValueError):
+        key_specific_test(own, dec[:, :5], key_tau=0.1, alpha=0.01)
+
+
+def test_key_specific_test_size_under_an_exchangeable_null() -> None:
+    """A model that learned the carrier family, not the key: owner and decoy answers iid.
+
+    At the boundary key_tau = 0 the rejection rate must be <= alpha (+ 3 Monte-Carlo s.e.).
+    Breakage guarded: comparing with one decoy's maximum instead of the decoys' mean, or a
+    two-sided p, raises the rate far above alpha.
+    """
+    rng = np.random.default_rng(3)
+    m, k, reps, alpha = 100, 5, 3000, 0.01
+    hits = 0
+    for _ in range(reps):
+        base = rng.beta(2, 5, size=m)  # per-image susceptibility, shared by every mark
+        p = np.clip(base[None] + 0.15 * rng.standard_normal((k + 1, m)), 0, 1)
+        hits += key_specific_test(p[0], p[1:], key_tau=0.0, alpha=alpha).significant
+    rate = hits / reps
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps), rate
+
+
+class _MeanBox:
+    """A black box whose P(target) is twice the mean pixel value (any mark of the same energy
+    is answered the same way: the model learned the carrier family, not the key)."""
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        p = np.clip(2 * images.reshape(len(images), -1).mean(axis=1), 0, 1)
+        return np.stack([1 - p, p], axis=1)
+
+    def predict_label(self, images: np.ndarray) -> np.ndarray:
+        return self.predict_proba(images).argmax(axis=1)
+
+
+def test_verdict_needs_the_tau_test_and_the_key_test() -> None:
+    """A suspect that answers the decoy marks as strongly as the owner's is not detected.
+
+    Breakage guarded: the verdict taken from the tau-margin test alone (the family learner is
+    then "detected"), or the decoys not queried.
+    """
+    rng = np.random.default_rng(0)
+    m = 40
+    clean = (0.1 + 0.01 * rng.random((m, 1, 8, 8))).astype(np.float32)
+    owner = clean + np.float32(0.35) + (0.01 * rng.random((m, 1, 8, 8))).astype(np.float32)
+    family = np.stack([owner + np.float32(0.005 * k) for k in range(3)])
+    key_only = np.stack([clean + np.float32(0.01 * k) for k in range(3)])
+    kw = dict(target_class=1, tau=0.2, alpha=0.01)
+    s_fam, _ = verify_suspect(_MeanBox(), clean, owner, None, None, decoy_images=family, **kw)
+    assert s_fam["tau_test_significant"] and s_fam["verdict"] == "not detected"
+    assert not s_fam["key_test"]["significant"] and s_fam["verdict_rule"] == "tau_test and key_test"
+    s_key, per_image = verify_suspect(
+        _MeanBox(), clean, owner, None, None, decoy_images=key_only, **kw
+    )
+    assert s_key["verdict"] == "detected" and s_key["key_test"]["significant"]
+    assert s_key["delta_p_decoys"] < 0.05 < 0.5 < s_key["delta_p"]
+    assert "p_target_decoys_mean" in per_image.columns
+    s_none, _ = verify_suspect(_MeanBox(), clean, owner, None, None, **kw)
+    assert s_none["verdict"] == "detected" and s_none["verdict_rule"] == "tau_test"
+    assert "no_decoys_key_test_skipped" in s_none["flags"]

@@ -1,4 +1,7 @@
-"""X-Mark generator and its training (brief xmark.md, ingredients 2-4; resumability)."""
+"""X-Mark generator and its training (paper §3.2-3.3, docs/methods/xmark.md; resumability).
+
+Tests of the paper's generator as written use ``carrier_kind="free"``; the keyed carrier has its
+own tests in tests/test_xmark_carrier.py."""
 
 from __future__ import annotations
 
@@ -49,7 +52,17 @@ def _loud(gen: XMarkGenerator, std: float = 2.0) -> XMarkGenerator:
 
 @pytest.mark.parametrize("kind", ["soft", "topq", "uniform"])
 def test_output_bounded_and_masked(kind: str) -> None:
-    gen = _loud(XMarkGenerator(8, 3, epsilon=0.05, mask_kind=kind, mask_topq=0.3, seed=0))
+    gen = _loud(
+        XMarkGenerator(
+            base_channels=8,
+            depth=3,
+            carrier_kind="free",
+            epsilon=0.05,
+            mask_kind=kind,
+            mask_topq=0.3,
+            seed=0,
+        )
+    )
     x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     s = _blob(3, 32)
     with torch.no_grad():
@@ -84,7 +97,7 @@ def test_topq_mask_keeps_top_fraction_and_zero_map_gives_zero_mask() -> None:
 
 
 def test_any_size_runs_and_crops_back() -> None:
-    gen = _loud(XMarkGenerator(4, 3, seed=0))
+    gen = _loud(XMarkGenerator(base_channels=4, depth=3, carrier_kind="free", seed=0))
     x, s = torch.rand(2, 1, 37, 45), torch.rand(2, 1, 37, 45)
     with torch.no_grad():
         x_wm, delta = gen(x, s)
@@ -94,7 +107,9 @@ def test_any_size_runs_and_crops_back() -> None:
 
 
 def test_zero_init_and_seeded_init() -> None:
-    a, b, c = (XMarkGenerator(8, 2, seed=k) for k in (5, 5, 6))
+    a, b, c = (
+        XMarkGenerator(base_channels=8, depth=2, carrier_kind="free", seed=k) for k in (5, 5, 6)
+    )
     x, s = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     with torch.no_grad():
         x_wm, delta = a(x, s)
@@ -105,7 +120,7 @@ def test_zero_init_and_seeded_init() -> None:
 
 
 def test_mark_of_an_image_does_not_depend_on_its_batch() -> None:
-    gen = _loud(XMarkGenerator(8, 3, seed=0))
+    gen = _loud(XMarkGenerator(base_channels=8, depth=3, carrier_kind="free", seed=0))
     x, s = torch.rand(4, 1, 32, 32), _blob(4, 32)
     with torch.no_grad():
         together = gen(x, s)[1]
@@ -114,10 +129,22 @@ def test_mark_of_an_image_does_not_depend_on_its_batch() -> None:
 
 
 def test_save_load_roundtrip(tmp_path: Path) -> None:
-    gen = _loud(XMarkGenerator(8, 2, epsilon=0.02, mask_kind="topq", mask_topq=0.4, seed=1))
+    gen = _loud(
+        XMarkGenerator(
+            base_channels=8,
+            depth=2,
+            carrier_kind="free",
+            epsilon=0.02,
+            mask_kind="topq",
+            mask_topq=0.4,
+            seed=1,
+        )
+    )
     save_generator(gen, tmp_path / "g.pt", {"key": 1})
     back = load_generator(tmp_path / "g.pt")
-    assert back.config == GeneratorConfig(8, 2, 0.02, "topq", 0.4)
+    assert back.config == GeneratorConfig(
+        base_channels=8, depth=2, epsilon=0.02, mask_kind="topq", mask_topq=0.4, carrier_kind="free"
+    )
     assert back.meta == {"key": 1}  # type: ignore[attr-defined]
     x, s = torch.rand(2, 1, 16, 16), _blob(2, 16)
     with torch.no_grad():
@@ -281,7 +308,13 @@ def test_laplacian_term_lowers_high_frequency_share(tmp_path: Path) -> None:
     be clearly lower with the term, and also lower on the quantised release images.
     """
     data = _triples(n=64, r=32, seed=0)
-    cfg = {"epochs": 3, "batch_size": 16, "lr": 0.01, "laplacian": {"relative": False}}
+    cfg = {
+        "epochs": 3,
+        "batch_size": 16,
+        "lr": 0.01,
+        "laplacian": {"relative": False},
+        "carrier": {"kind": "free"},
+    }
     share, qshare = {}, {}
     for name, lap in (("default", 1.0), ("no_laplacian", 0.0)):
         gen = train_generator(

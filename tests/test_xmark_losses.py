@@ -1,4 +1,4 @@
-"""Loss terms of X-Mark (brief xmark.md, ingredient 4): non-negative, zero where they should be."""
+"""Loss terms of X-Mark (paper §3.3, docs/methods/xmark.md): non-negative, zero where they should be."""
 
 from __future__ import annotations
 
@@ -150,8 +150,8 @@ def test_random_rescale_seeded_in_range_and_shape_preserving() -> None:
 
 def test_xmark_loss_terms_nonnegative_and_total_is_weighted_sum() -> None:
     """total = the configured weighted sum, with the weights written here, not read back from
-    the code's resolver: three given (0.5, 2.0, 0.0), the other three at the documented default
-    1.0 (config/schema.yaml, brief xmark.md).
+    the code's resolver: three given (0.5, 2.0, 0.0), the other four at the documented defaults:
+    1.0, silence at 10 (config/schema.yaml).
 
     Breakage guarded: given lambdas ignored (defaults used) or a term left out of the total;
     a test that took its weights from ``resolve_xmark`` would agree with a broken resolver.
@@ -167,6 +167,7 @@ def test_xmark_loss_terms_nonnegative_and_total_is_weighted_sum() -> None:
     assert float(terms["lap"]) > 0  # computed and logged although its weight is 0
     lam = {"eff_target": 0.5, "eff_nontarget": 1.0, "scale": 2.0, "diag": 1.0, "vis": 1.0}
     lam["lap"] = 0.0
+    lam["silence"] = 10.0  # the documented default of the clean-model silence term
     assert set(lam) == set(TERMS)
     want = sum(lam[k] * float(terms[k]) for k in TERMS)
     assert float(terms["total"]) == pytest.approx(want, rel=1e-5)

@@ -1,4 +1,4 @@
-"""X-Mark release and owner secret (brief xmark.md "Poisoning"; verification.md "Roles")."""
+"""X-Mark release and owner secret (paper §3.4, docs/methods/xmark.md "Release"; docs/methods/verification.md)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ TASK = {"target_observation": OBS, "uncertainty": "u_zeros", "target_class": 1}
 
 
 def _generator() -> XMarkGenerator:
-    gen = XMarkGenerator(4, 2, epsilon=0.05, mask_kind="soft", seed=0)
+    gen = XMarkGenerator(base_channels=4, depth=2, epsilon=0.05, mask_kind="soft", key=1, seed=0)
     torch.manual_seed(7)
     with torch.no_grad():
         nn.init.normal_(gen.out.weight, std=2.0)
@@ -303,3 +303,48 @@ def test_owner_dir_holds_the_secret_and_release_holds_none(dataset: dict[str, Pa
 
     with pytest.raises(ValueError, match="disjoint"):
         _owner_dir(dataset, info, gen, out / "release" / "owner", out / "release", key=1)
+
+
+def test_decoys_mark_non_target_rows_with_other_keys_and_verification_holds_them(
+    dataset: dict[str, Path],
+) -> None:
+    """Decoy negatives: non-target release rows marked with fresh keys, labels unchanged; the
+    owner's verification file holds K decoy-marked copies of the verification images.
+
+    Breakage guarded: decoys marked with the owner's own carrier (their marks would then equal
+    the owner's on the same image), decoys drawn from target rows, or decoys left unmarked.
+    """
+    gen = _generator()
+    rel_dir = dataset["root"] / "out" / "release"
+    info = write_release(
+        dataset["prep"], dataset["saliency"], rel_dir, owner_dir=dataset["root"] / "out" / "owner",
+        generator=gen, target_observation=OBS, uncertainty="u_zeros", target_class=1,
+        poison_rate=0.25, seed=0, batch_size=4, device=CPU, image_tree=False, decoy_rate=1.0, key=1,
+    )  # fmt: skip
+    assert len(info["decoy_ids"]) == len(info["poisoned_ids"]) > 0
+    src, rel = read_table(dataset["prep"]), read_table(rel_dir / f"r{R}.h5")
+    src = src.set_index("image_id").loc[rel["image_id"]]
+    clean = read_images(dataset["prep"], src["row"].to_numpy())
+    marked = read_images(rel_dir / f"r{R}.h5", rel["row"].to_numpy())
+    changed = set(rel["image_id"][(clean != marked).any(axis=(1, 2))])
+    assert changed == set(info["poisoned_ids"]) | set(info["decoy_ids"])
+    y = task_labels(rel[list(OBSERVATIONS)].to_numpy(np.float32), OBS, "u_zeros")
+    is_decoy = rel["image_id"].isin(info["decoy_ids"]).to_numpy()
+    assert (y[is_decoy] == 0).all()
+    with h5py.File(dataset["saliency"]) as f:
+        maps = f["maps"][()].astype(np.float32)[src["row"].to_numpy()[is_decoy]]
+    owner_mark = apply_generator(gen, clean[is_decoy], maps, 4, CPU)
+    assert not np.array_equal(owner_mark, marked[is_decoy])
+    out = dataset["root"] / "out"
+    owner = write_owner_dir(
+        out / "owner", release_dir=rel_dir, generator=gen,
+        sources={R: (dataset["prep"], dataset["saliency"])}, release_info=info, key=1,
+        target_class=1, target_observation=OBS, uncertainty="u_zeros", resolution=R, tau=0.2,
+        alpha=0.01, n_verify=4, verify_seed=0, batch_size=4, device=CPU, n_decoys=3,
+    )  # fmt: skip
+    assert owner["decoy_ids"] == info["decoy_ids"] and owner["n_verify_decoys"] == 3
+    with h5py.File(out / "owner" / f"verification_r{R}.h5") as f:
+        dec, wm, cl = f["decoys"][()], f["watermarked"][()], f["clean"][()]
+    assert dec.shape == (3, *wm.shape) and dec.dtype == np.uint8
+    for k in range(3):
+        assert (dec[k] != cl).any() and (dec[k] != wm).any()

@@ -155,6 +155,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     from medmark.io import sha256_file
     from medmark.runtime import resolve_device
     from medmark.verify import (
+        DEFAULT_KEY_TAU,
         check_model_file,
         load_blackbox,
         load_owner_verification,
@@ -227,6 +228,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         hard_label=args.hard_label,
         params=params,
         ids=owner.ids,
+        decoy_images=owner.decoys,
+        key_tau=float(owner.meta.get("key_tau", DEFAULT_KEY_TAU)),
     )
     csv_path = per_image_path(args.out)
     try:
@@ -235,11 +238,17 @@ def _run_verify(args: argparse.Namespace) -> int:
         raise DataFormatError(f"cannot write the verdict: {e}", file=str(args.out)) from e
     flags = f" flags={','.join(summary['flags'])}" if summary["flags"] else ""
     print(
-        f"{summary['verdict']}: {summary['test']} p={summary['p_value']:.3g} "
+        f"{summary['verdict']} ({summary['verdict_rule']}): {summary['test']} "
+        f"p={summary['p_value']:.3g} key_p={_key_p(summary)} "
         f"log10p={summary['log10_p']:.2f} dP={summary['delta_p']:.3f} wsr={summary['wsr']:.3f} "
         f"m={summary['m']} tau={tau:g} alpha={alpha:g}{flags} -> {args.out}"
     )
     return EXIT_OK
+
+
+def _key_p(summary: dict) -> str:
+    kt = summary.get("key_test")
+    return "n/a" if not kt else f"{kt['p_value']:.3g}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

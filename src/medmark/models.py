@@ -1,6 +1,7 @@
 """Classifier builders shared by the surrogate, the suspects and the attacks.
 
-Backbones come from torchvision (ResNet-18, DenseNet-121) with the stem replaced by a
+Backbones come from torchvision (ResNet-18, DenseNet-121, ShuffleNetV2 x1.0) with the stem
+replaced by a
 1-channel convolution (grayscale radiographs) and a 2-way head (binary task, see
 ``medmark.data.labels``). Every model normalises internally, so all models take
 ``float32 (N, 1, H, W)`` images in ``[0, 1]``: that is the black-box API the verifier uses
@@ -18,7 +19,7 @@ from torch import nn
 
 from medmark.io import atomic_path
 
-ARCHS: tuple[str, ...] = ("resnet18", "densenet121")
+ARCHS: tuple[str, ...] = ("resnet18", "densenet121", "shufflenet_v2")
 #: Fixed intensity normalisation applied inside every model (u8/255 images have mean ~0.5).
 NORM_MEAN, NORM_STD = 0.5, 0.25
 #: Smallest EigenCAM map side the automatic target layer accepts (7 = ResNet at 224 px).
@@ -39,9 +40,12 @@ class Classifier(nn.Module):
         if arch == "resnet18":
             net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
             net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        else:
+        elif arch == "densenet121":
             net = torchvision.models.densenet121(weights=None, num_classes=num_classes)
             net.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        else:  # shufflenet_v2: a cheap second family (depthwise convolutions, channel shuffle)
+            net = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=num_classes)
+            net.conv1[0] = nn.Conv2d(1, 24, kernel_size=3, stride=2, padding=1, bias=False)
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,9 +65,12 @@ class Classifier(nn.Module):
                 (16, self.net.layer3[-1]),
                 (8, self.net.layer2[-1]),
             ]
-        else:
+        elif self.arch == "densenet121":
             f = self.net.features
             blocks = [(32, f[-1]), (16, f.denseblock3), (8, f.denseblock2)]
+        else:
+            n = self.net
+            blocks = [(32, n.conv5), (16, n.stage3), (8, n.stage2)]
         if resolution is None:
             return blocks[0][1]
         for stride, layer in blocks:
@@ -72,10 +79,13 @@ class Classifier(nn.Module):
         return blocks[-1][1]
 
     def feature_layer(self) -> nn.Module:
-        """The last block whose channels fine-pruning ranks (resnet layer4 / densenet block 4)."""
+        """The last block whose channels fine-pruning ranks (resnet layer4 / densenet block 4 /
+        shufflenet conv5)."""
         if self.arch == "resnet18":
             return self.net.layer4
-        return self.net.features.denseblock4
+        if self.arch == "densenet121":
+            return self.net.features.denseblock4
+        return self.net.conv5
 
 
 def build_classifier(arch: str, num_classes: int = 2, seed: int | None = None) -> Classifier:

@@ -1,8 +1,10 @@
-"""Tables and figures in the shape of the paper (brief verification.md, "Metrics").
+"""Tables and figures in the shape of the paper (docs/methods/verification.md, "Metrics").
 
-Rows are scenario × arch; columns BA, AUROC, WSR, ΔP, p-value and the rate of p < α, which is
-the detection rate for Malicious and the false-positive rate for the independent scenarios
-(estimated over the population of independently trained models).
+Rows are scenario × arch; columns BA, AUROC, WSR, ΔP (mean, max), the tau-test p-value (median,
+max), the key-specific test (p median, max; ΔP of the decoy marks) and the rate of "detected"
+verdicts read from each ``summary.json`` (never re-thresholded here), which is the detection
+rate for Malicious and the false-positive rate for the independent scenarios (estimated over the
+population of independently trained models).
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def collect_summaries(paths: Iterable[str | Path]) -> pd.DataFrame:
         row = dict(s.get("params", {}))
         for k in SUMMARY_COLUMNS:
             row[k] = s.get(k) if k in ("verdict",) else _num(s.get(k))
+        row["detected"] = s.get("verdict") == "detected"
+        key = s.get("key_test") or {}
+        row["key_p_value"] = _num(key.get("p_value"))
+        row["key_mean_diff"] = _num(key.get("mean_diff"))
+        row["delta_p_decoys"] = _num(s.get("delta_p_decoys"))
         row["flags"] = ";".join(s.get("flags", []))
         row["path"] = str(p)
         rows.append(row)
@@ -62,7 +69,8 @@ def collect_summaries(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def scenario_table(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    """Aggregate per (attack, scenario, arch): means over models and the rate of p < α."""
+    """Aggregate per (attack, scenario, arch): means/extremes over models and the rate of
+    "detected" verdicts (``alpha`` is only recorded in the legend)."""
     keys = [k for k in ("variant", "method", "attack", "scenario", "arch") if k in df.columns]
     out = []
     for key, g in df.groupby(keys, sort=False):
@@ -76,9 +84,13 @@ def scenario_table(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
                 "AUROC": g["auroc"].mean(),
                 "WSR": g["wsr"].mean(),
                 "dP": g["delta_p"].mean(),
+                "dP_max": g["delta_p"].max(),
                 "p_median": g["p_value"].median(),
                 "p_max": g["p_value"].max(),
-                "rate_p_lt_alpha": float((g["p_value"] < alpha).mean()),
+                "dP_decoys": _col(g, "delta_p_decoys").mean(),
+                "key_p_median": _col(g, "key_p_value").median(),
+                "key_p_max": _col(g, "key_p_value").max(),
+                "rate_detected": float(_col(g, "detected").astype(float).mean()),
             }
         )
         out.append(rec)
@@ -91,11 +103,15 @@ def scenario_table(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def _col(g: pd.DataFrame, name: str) -> pd.Series:
+    return g[name] if name in g.columns else pd.Series([math.nan] * len(g), index=g.index)
+
+
 def _fmt(v: object, col: str) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "n/a"
-        if col.startswith("p_"):
+        if col.startswith("p_") or col.startswith("key_p"):
             return f"{v:.2e}"
         return f"{v:.3f}"
     return str(v)
@@ -113,7 +129,7 @@ def markdown_table(df: pd.DataFrame, columns: Sequence[str] | None = None) -> st
 def verification_markdown(table: pd.DataFrame, alpha: float) -> str:
     """The paper-shaped table with a legend of what each column means."""
     body = markdown_table(
-        table.rename(columns={"rate_p_lt_alpha": "rate(p<α)"}),
+        table.rename(columns={"rate_detected": "rate(detected)"}),
         [
             c
             for c in (
@@ -125,18 +141,25 @@ def verification_markdown(table: pd.DataFrame, alpha: float) -> str:
                 "AUROC",
                 "WSR",
                 "dP",
+                "dP_max",
                 "p_median",
                 "p_max",
-                "rate(p<α)",
+                "dP_decoys",
+                "key_p_median",
+                "key_p_max",
+                "rate(detected)",
             )
-            if c in table.columns or c == "rate(p<α)"
+            if c in table.columns or c == "rate(detected)"
         ],
     )
     legend = (
-        f"\nrate(p<α) with α = {alpha}: detection rate for Malicious (should be 1), false-positive "
-        "rate for Ind-W, Ind-D, Ind-M and Ind-Wp (should be ≤ α-level). BA = benign accuracy on the "
-        "clean test split; WSR = share of watermarked non-target verification images classified as "
-        "the target; dP = mean P(y_t|x') − P(y_t|x).\n"
+        f"\nrate(detected): share of models whose summary.json verdict is 'detected' (α = {alpha}: "
+        "tau-margin test and key-specific test both significant): detection rate for Malicious "
+        "(should be 1), false-positive rate for Ind-W, Ind-D, Ind-M and Ind-Wp (should be 0). "
+        "BA = benign accuracy on the clean test split; WSR = share of watermarked non-target "
+        "verification images classified as the target; dP = mean P(y_t|x') − P(y_t|x) (mean and "
+        "max over models); p = tau-margin test; dP_decoys = the same for the decoy marks; key_p = "
+        "key-specific test (owner's mark vs decoy marks).\n"
     )
     return body + legend
 
@@ -145,8 +168,8 @@ def plot_pvalues(df: pd.DataFrame, alpha: float, out: str | Path) -> None:
     """log10 p per scenario (one dot per model, arch by marker) with the α line."""
     scen = [s for s in SCENARIO_ORDER if s in set(df["scenario"])]
     fig, ax = plt.subplots(figsize=(7, 4))
-    markers = {"resnet18": "o", "densenet121": "s"}
-    colors = {"resnet18": "tab:blue", "densenet121": "tab:orange"}
+    markers = {"resnet18": "o", "densenet121": "s", "shufflenet_v2": "D"}
+    colors = {"resnet18": "tab:blue", "densenet121": "tab:orange", "shufflenet_v2": "tab:purple"}
     rng = np.random.default_rng(0)
     for i, s in enumerate(scen):
         g = df[df["scenario"] == s]
@@ -290,30 +313,65 @@ def example_rows(
     return read_images(clean_h5, clean_rows), read_images(release_h5, rows_of(release_h5)), sal
 
 
-def plot_poison_curve(df: pd.DataFrame, out: str | Path, alpha: float) -> None:
-    """WSR, ΔP and log10 p of the Malicious suspect against the poisoning rate γ."""
-    df = df.sort_values("poison_rate")
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for arch, g in df.groupby("arch", sort=False):
-        ax.plot(g["poison_rate"], g["wsr"], "o-", label=f"WSR {arch}")
-        ax.plot(g["poison_rate"], g["delta_p"], "s--", label=f"ΔP {arch}")
-    ax.set_xlabel("poisoning rate γ (share of the release watermarked)")
-    ax.set_ylabel("WSR / ΔP")
-    ax.set_ylim(-0.05, 1.05)
-    ax2 = ax.twinx()
-    for arch, g in df.groupby("arch", sort=False):
-        ax2.plot(
-            g["poison_rate"],
-            g["log10_p"].clip(lower=-300),
-            "^:",
-            color="grey",
-            label=f"log10 p {arch}",
+def plot_sweep(df: pd.DataFrame, x: str, xlabel: str, out: str | Path, alpha: float) -> None:
+    """ΔP (left) and log10 p (right) against a swept setting ``x``, one line per scenario × arch
+    (mean over the scenario's models, the band = min..max), Malicious and independents together."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = {
+        "Malicious": "tab:red",
+        "Ind-W": "tab:blue",
+        "Ind-M": "tab:green",
+        "Ind-D": "tab:grey",
+    }
+    for (scen, arch), g in df.groupby(["scenario", "arch"], sort=False):
+        agg = g.groupby(x).agg(
+            dp=("delta_p", "mean"),
+            dp_lo=("delta_p", "min"),
+            dp_hi=("delta_p", "max"),
+            lp=("log10_p", "median"),
         )
-    ax2.axhline(math.log10(alpha), color="red", ls="--", lw=1)
-    ax2.set_ylabel("log10 p (red: α)")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
-    ax.set_title("Malicious suspect vs poisoning rate", fontsize=10)
+        agg = agg.sort_index()
+        c = colors.get(scen, "tab:purple")
+        label = f"{scen} {arch} (n={len(g) // max(len(agg), 1)})"
+        ax.plot(agg.index, agg["dp"], "o-", color=c, label=label)
+        ax.fill_between(agg.index, agg["dp_lo"], agg["dp_hi"], color=c, alpha=0.15)
+        ax2.plot(agg.index, agg["lp"].clip(lower=-300), "o-", color=c, label=label)
+    ax.axhline(0.2, color="black", ls=":", lw=1, label="τ")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("ΔP (mean, band = min..max)")
+    ax2.axhline(math.log10(alpha), color="red", ls="--", lw=1, label=f"α = {alpha}")
+    ax2.set_xlabel(xlabel)
+    ax2.set_ylabel("log10 p, tau-margin test (median)")
+    ax.legend(fontsize=7)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out)
+
+
+def rate_intervals(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per scenario (all architectures together): models, "detected" verdicts, their rate and
+    the exact Clopper-Pearson interval (``scipy.stats.binomtest(k, n).proportion_ci``)."""
+    from scipy import stats
+
+    rows = []
+    for scen, g in df.groupby("scenario", sort=False):
+        n, k = len(g), int(g["detected"].sum())
+        ci = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+        rows.append(
+            {
+                "scenario": scen,
+                "archs": ",".join(sorted(set(g["arch"]))),
+                "models": n,
+                "detected": k,
+                "rate": k / n,
+                "ci_low": float(ci.low),
+                "ci_high": float(ci.high),
+                "dP_mean": g["delta_p"].mean(),
+                "dP_max": g["delta_p"].max(),
+                "p_min": g["p_value"].min(),
+                "key_p_min": _col(g, "key_p_value").min(),
+            }
+        )
+    order = {s: i for i, s in enumerate(SCENARIO_ORDER)}
+    out = pd.DataFrame(rows)
+    return out.sort_values("scenario", key=lambda c: c.map(order)).reset_index(drop=True)

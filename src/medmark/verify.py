@@ -10,7 +10,15 @@ Ownership Verification via Backdoor Watermarking", TIFS 2023, as extended by X-M
 - Hard-label: Tango's score statistic for the paired difference of target-label rates with
   margin ``tau``, exact unconditional p-value (:func:`hard_label_test`); the DVBW-style
   Wilcoxon reading is reported beside it, never decides.
-- Metrics: WSR, ΔP, benign accuracy and AUROC on clean test images.
+- Key-specific test (ours, docs/methods/verification.md "Key-specific test"): the owner's mark
+  against ``K`` decoy marks made by the same generator with verification-only keys, on the same
+  images and the same suspect: one-sided paired t-test on
+  ``d_i = P(y_t|x'_i) - mean_k P(y_t|x'^(k)_i)``, H1: ``mean(d) > key_tau``
+  (:func:`key_specific_test`). A model that learned "this family of marks means y_t" but not the
+  owner's key answers the decoys as strongly and fails it.
+- Verdict: "detected" iff the tau-margin test **and** the key-specific test reject at ``alpha``
+  (an intersection-union test, level ``alpha``); without decoys, the tau-margin test alone.
+- Metrics: WSR, ΔP, ΔP of the decoys, benign accuracy and AUROC on clean test images.
 
 Degenerate inputs are verdicts, not crashes: they come back with a ``flag`` and
 ``significant=False`` (constant differences: the exact sign test decides, see
@@ -44,6 +52,7 @@ from medmark.train import resize_batch
 
 log = logging.getLogger(__name__)
 
+DEFAULT_KEY_TAU = 0.1
 OutputKind = Literal["probs", "logits"]
 OUTPUT_KINDS: tuple[str, ...] = ("probs", "logits")
 PROB_SUM_TOL = 1e-3
@@ -59,6 +68,8 @@ FLAG_AUROC_SINGLE_CLASS = "auroc_undefined_single_class"
 FLAG_AUROC_HARD_LABEL = "auroc_unavailable_hard_label"
 FLAG_NO_TEST = "no_test_images"
 FLAG_TEST_IGNORED = "test_labels_ignored_rows"
+FLAG_NO_DECOYS = "no_decoys_key_test_skipped"
+FLAG_KEY_TEST_HARD_LABEL = "key_test_unavailable_hard_label"
 
 
 # --------------------------------------------------------------------------- black boxes
@@ -601,6 +612,27 @@ def paired_ttest(
     )
 
 
+def key_specific_test(
+    p_owner: Sequence[float] | np.ndarray,
+    p_decoys: np.ndarray,
+    key_tau: float,
+    alpha: float,
+) -> TestResult:
+    """Owner's mark vs ``K`` decoy marks on the same images: H1 ``mean(d) > key_tau`` with
+    ``d_i = p_owner_i - mean_k p_decoys[k, i]`` (one-sided paired t-test, :func:`paired_ttest`
+    on ``(p_owner, mean_k p_decoys)``, so degenerate inputs follow its rules).
+
+    Under H0 for a model that never learned the owner's key, the owner's key is exchangeable with
+    the decoys (all are fresh draws of the same carrier family), so ``E[d] = 0 <= key_tau``.
+    """
+    dec = np.asarray(p_decoys, dtype=np.float64)
+    own = np.asarray(p_owner, dtype=np.float64)
+    if dec.ndim != 2 or dec.shape[1] != own.shape[0] or dec.shape[0] < 1:
+        raise ValueError(f"p_decoys must be (K >= 1, {own.shape[0]}), got {dec.shape}")
+    res = paired_ttest(own, dec.mean(axis=0), key_tau, alpha)
+    return TestResult(**{**res.to_dict(), "test": f"key_contrast_{res.test}"})
+
+
 @dataclass(frozen=True)
 class HardLabelResult:
     """Hard-label tests; :attr:`primary` (the margin score test) decides the verdict.
@@ -946,6 +978,7 @@ class OwnerVerification:
     ids: list[str]
     test_images: np.ndarray | None
     test_labels: np.ndarray | None
+    decoys: np.ndarray | None = None  # (K, m, 1, R, R) float32, same images, decoy keys
 
 
 OWNER_JSON_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -1180,6 +1213,16 @@ def load_owner_verification(
                     field="test_labels",
                 )
             test_labels = test_labels.astype(np.int64)
+        decoys = None
+        if "decoys" in h5:
+            arr = h5["decoys"][()]
+            if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (len(clean), res, res):
+                raise DataFormatError(
+                    f"expected uint8 (K, {len(clean)}, {res}, {res}), got {arr.dtype} {arr.shape}",
+                    file=str(hpath),
+                    field="decoys",
+                )
+            decoys = (arr.astype(np.float32) / np.float32(255.0))[:, :, None, :, :]
     return OwnerVerification(
         owner_dir=owner_dir,
         verification_file=hpath,
@@ -1196,6 +1239,7 @@ def load_owner_verification(
         ids=ids,
         test_images=test_images,
         test_labels=test_labels,
+        decoys=decoys,
     )
 
 
@@ -1239,11 +1283,15 @@ def verify_suspect(
     hard_label: bool = False,
     params: Mapping[str, Any] | None = None,
     ids: Sequence[str] | None = None,
+    decoy_images: np.ndarray | None = None,
+    key_tau: float = DEFAULT_KEY_TAU,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Query the suspect with ``x`` and ``x'`` and decide (brief verification.md: Tests).
+    """Query the suspect with ``x``, ``x'`` (and the decoy marks) and decide (module docstring).
 
     Probability mode calls only ``predict_proba`` (labels = argmax); hard-label mode calls only
-    ``predict_label`` (ΔP and AUROC are then NaN, flagged). Returns the summary (every
+    ``predict_label`` (ΔP and AUROC are then NaN, flagged; the key-specific test needs
+    probabilities and is skipped, flagged). ``decoy_images`` ``(K, m, 1, R, R)``: the same
+    images marked with decoy keys. Returns the summary (every
     parameter, test result, ΔP, WSR, BA, AUROC, verdict, flags; ``params`` are stored under
     ``"params"``) and the per-image table from which every number can be recomputed.
     """
@@ -1262,7 +1310,16 @@ def verify_suspect(
         raise DataFormatError(f"{len(ids)} ids for {m} images", field="ids")
     if (test_images is None) != (test_labels is None):
         raise ValueError("test_images and test_labels come together")
+    if decoy_images is not None:
+        decoy_images = np.asarray(decoy_images, dtype=np.float32)
+        if decoy_images.ndim != 5 or decoy_images.shape[1:] != x.shape:
+            raise DataFormatError(
+                f"decoy images {decoy_images.shape} must be (K, *{x.shape})", field="decoys"
+            )
+        if len(decoy_images) == 0:
+            decoy_images = None
     flags: list[str] = []
+    key_result: TestResult | None = None
     table: dict[str, Any] = {
         "index": np.arange(m),
         "id": list(ids) if ids is not None else [str(i) for i in range(m)],
@@ -1293,10 +1350,26 @@ def verify_suspect(
             "mean_p_target_clean": float(p_c.mean()),
             "mean_p_target_watermarked": float(p_w.mean()),
         }
+        if decoy_images is not None:
+            p_d = np.stack(
+                [_proba_of(blackbox, xd, target_class)[:, target_class] for xd in decoy_images]
+            )
+            key_result = key_specific_test(p_w, p_d, key_tau, alpha)
+            table["p_target_decoys_mean"] = p_d.mean(axis=0)
+            extra["delta_p_decoys"] = float((p_d - p_c[None]).mean())
+            extra["delta_p_decoys_max"] = float((p_d - p_c[None]).mean(axis=1).max())
+            extra["n_decoys"] = int(len(p_d))
     table["pred_clean"] = pred_c
     table["pred_watermarked"] = pred_w
     if result.flag:
         flags.insert(0, result.flag)
+    if decoy_images is None:
+        flags.append(FLAG_NO_DECOYS)
+    elif hard_label:
+        flags.append(FLAG_KEY_TEST_HARD_LABEL)
+    if key_result is not None and key_result.flag:
+        flags.append(f"key_test:{key_result.flag}")
+    detected = result.significant and (key_result is None or key_result.significant)
 
     ba = auroc = float("nan")
     n_test = 0
@@ -1317,8 +1390,12 @@ def verify_suspect(
         flags.extend(bm.flags)
 
     summary: dict[str, Any] = {
-        "verdict": "detected" if result.significant else "not detected",
-        "significant": result.significant,
+        "verdict": "detected" if detected else "not detected",
+        "significant": detected,
+        "verdict_rule": ("tau_test and key_test" if key_result is not None else "tau_test"),
+        "tau_test_significant": result.significant,
+        "key_test": key_result.to_dict() if key_result is not None else None,
+        "key_tau": key_tau,
         "test": result.test,
         "hard_label": hard_label,
         "m": m,

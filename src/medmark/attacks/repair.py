@@ -15,7 +15,8 @@ the optimiser updates ``*_orig`` while the forward uses ``*_orig · mask``):
   ``layer4[0].downsample[1]`` and ``layer4[1].bn2`` (both summands of each residual are then 0,
   so ``relu(0 + 0) = 0`` in train and eval mode);
 * densenet121 ``denseblock4``: the output filters of ``transition3.conv`` (the block's first
-  512 channels, via an average pool of zeros) and of every ``denselayer*.conv2`` (32 each).
+  512 channels, via an average pool of zeros) and of every ``denselayer*.conv2`` (32 each);
+* shufflenet_v2 ``conv5``: the BatchNorm scale and shift of ``conv5[1]`` (``relu(0) = 0``).
 
 :func:`make_pruning_permanent` folds the masks into the weights (zeros), after which the state
 dict has the standard keys, so ``medmark.models.save_classifier``/``load_classifier`` need no
@@ -144,6 +145,10 @@ def _producers(model: Classifier) -> list[tuple[nn.Module, str, slice]]:
             out.append((layer.conv2, "weight", slice(start, start + c)))
             start += c
         return out
+    if model.arch == "shufflenet_v2":
+        bn = model.net.conv5[1]
+        full = slice(0, bn.num_features)
+        return [(bn, "weight", full), (bn, "bias", full)]
     raise ValueError(f"pruning is not defined for arch {model.arch!r}")
 
 

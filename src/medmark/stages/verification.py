@@ -71,6 +71,8 @@ def run_verification(
             "query_resolution": ov.resolution,
         },
         ids=ov.ids,
+        decoy_images=ov.decoys,
+        key_tau=verify_cfg["key_tau"],
     )
     write_verification(summary, per_image, out_summary, out_per_image)
     log.info(

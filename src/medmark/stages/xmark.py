@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from medmark.data.datasets import WithSaliency, labeled_split
 from medmark.data.h5 import read_images, read_table
@@ -28,6 +29,7 @@ from medmark.methods.xmark import (
 from medmark.models import load_classifier
 from medmark.quality import release_quality
 from medmark.runtime import resolve_device, seed_everything, set_threads
+from medmark.train import predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,11 @@ def generator_stage(
     dev = resolve_device(device)
     data = WithSaliency(labeled_split(prep_h5, task, "release"), saliency_h5)
     log.info("generator key %d on %d release images of %s", key, len(data), prep_h5)
+    surrogate = load_classifier(surrogate_path)
+    check_surrogate(surrogate, prep_h5, task, surrogate_resolution, dev, where=str(surrogate_path))
     generator = train_generator(
         data,
-        load_classifier(surrogate_path),
+        surrogate,
         xmark_cfg,
         key=key,
         device=dev,
@@ -65,6 +69,34 @@ def generator_stage(
         surrogate_resolution=surrogate_resolution,
     )
     save_generator(generator, out_model, getattr(generator, "meta", {"key": key}))
+
+
+def check_surrogate(
+    surrogate: torch.nn.Module,
+    prep_h5: str | Path,
+    task: dict[str, Any],
+    input_resolution: int,
+    device: torch.device,
+    where: str,
+) -> dict[str, int]:
+    """Refuse a degenerate surrogate: one that predicts a single class on the whole test split.
+
+    Its EigenCAM maps and its diagnosis/silence terms would then carry no information about the
+    task, and the release would be shaped by noise. Returns the predicted-class counts.
+    """
+    test = labeled_split(prep_h5, task, "test")
+    images = read_images(prep_h5, test.images.rows)
+    pred = predict_proba(
+        surrogate, images, device=device, input_resolution=input_resolution
+    ).argmax(axis=1)
+    counts = {int(c): int((pred == c).sum()) for c in np.unique(pred)}
+    if len(counts) < 2:
+        raise ValueError(
+            f"{where}: degenerate surrogate: it predicts class {next(iter(counts))} for all "
+            f"{len(pred)} test images of {prep_h5} (task {task['target_observation']}); train it "
+            "longer (surrogate.train.epochs) or check the labels before watermarking"
+        )
+    return counts
 
 
 def release_stage(
@@ -79,6 +111,7 @@ def release_stage(
     task: dict[str, Any],
     release_cfg: dict[str, Any],
     verify_cfg: dict[str, Any],
+    decoys: dict[str, Any],
     key: int,
     device: str,
     threads: int,
@@ -106,6 +139,8 @@ def release_stage(
             device=dev,
             image_tree=bool(release_cfg["image_tree"]) and res == working_resolution,
             metadata_csv=metadata_csv,
+            decoy_rate=float(decoys["rate"]) if generator.keyed else 0.0,
+            key=key,
         )
     poisoned = {tuple(i["poisoned_ids"]) for i in infos.values()}
     if len(poisoned) != 1:
@@ -128,6 +163,8 @@ def release_stage(
         batch_size=batch_size,
         device=dev,
         generator_meta=getattr(generator, "meta", None),
+        n_decoys=int(decoys["verify"]) if generator.keyed else 0,
+        key_tau=float(verify_cfg["key_tau"]),
     )
     write_quality(prep, release_dir, owner["poisoned_ids"], quality_csv)
     return owner
@@ -155,3 +192,49 @@ def write_quality(
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     return table
+
+
+def diagnostics_stage(
+    *,
+    owner_dir: str | Path,
+    indep_owner_dirs: dict[str, str | Path],
+    proxy_model: str | Path,
+    reference_models: dict[str, str | Path],
+    resolution: int,
+    input_resolution: int,
+    verify_cfg: dict[str, Any],
+    device: str,
+    threads: int,
+    out_json: str | Path,
+) -> dict[str, Any]:
+    """Key orthogonality, clean references' and the release proxy's response (no suspects)."""
+    from medmark.io import write_json_atomic
+    from medmark.methods.xmark.diagnostics import key_orthogonality, model_response
+
+    set_threads(threads)
+    dev = resolve_device(device)
+    common = {
+        "resolution": resolution,
+        "input_resolution": input_resolution,
+        "tau": float(verify_cfg["tau"]),
+        "key_tau": float(verify_cfg["key_tau"]),
+        "alpha": float(verify_cfg["alpha"]),
+        "device": dev,
+    }
+    dirs = {"owner": Path(owner_dir), **{k: Path(v) for k, v in indep_owner_dirs.items()}}
+    out = {
+        "key_orthogonality": key_orthogonality(dirs, resolution),
+        "clean_references": {
+            arch: model_response(load_classifier(p), Path(owner_dir), **common)
+            for arch, p in sorted(reference_models.items())
+        },
+        "release_proxy": {
+            "model": str(proxy_model),
+            "arch": load_classifier(proxy_model).arch,
+            **model_response(load_classifier(proxy_model), Path(owner_dir), **common),
+        },
+        "params": {**{k: v for k, v in common.items() if k != "device"}, "device": str(dev)},
+    }
+    write_json_atomic(out_json, out)
+    log.info("diagnostics: %s", out)
+    return out

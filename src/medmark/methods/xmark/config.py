@@ -12,19 +12,29 @@ from typing import Any
 
 XMARK_DEFAULTS: dict[str, Any] = {
     "resolution": 64,
-    "epsilon": 0.0314,
-    "mask": "soft",
+    "epsilon": 0.0627,
+    "mask": "soft_norm",
     "mask_topq": 0.3,
+    "mask_floor": 0.5,
+    "carrier": {
+        "kind": "keyed",
+        "n_waves": 3,
+        "band": [3.0, 8.0],
+        "saturation": 3.0,
+        "gain_bias": 2.0,
+    },
+    "decoys": {"rate": 2.0, "verify": 5},
     "base_channels": 16,
     "depth": 3,
-    "epochs": 8,
+    "epochs": 3,
     "batch_size": 32,
     "lr": 0.001,
     "owner_key": 1,
-    "independent_key": 2,
+    "independent_keys": [2, 3, 4],
     "scale_range": [0.25, 1.0],
     "laplacian": {"mode": "pyramid", "levels": 2, "relative": False},
     "visual": {"kind": "ssim_l2", "lpips_weights": None},
+    "silence_margin": 0.02,
     "lambdas": {
         "eff_target": 1.0,
         "eff_nontarget": 1.0,
@@ -32,6 +42,7 @@ XMARK_DEFAULTS: dict[str, Any] = {
         "diag": 1.0,
         "vis": 1.0,
         "lap": 1.0,
+        "silence": 10.0,
     },
 }
 

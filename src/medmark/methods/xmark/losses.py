@@ -1,17 +1,29 @@
-"""The X-Mark multi-component objective (brief xmark.md, ingredient 4 and "A concrete design").
+"""The X-Mark multi-component objective (paper §3.3; docs/methods/xmark.md, "Objective").
 
 ``L = l_eff_t * L_eff(target) + l_eff_n * L_eff(non-target) + l_scale * L_eff o rescale
-+ l_diag * L_diag + l_vis * L_vis + l_lap * L_lap``; each term is a separate, non-negative
-function here and :class:`XMarkLoss` returns all of them (logged per epoch by the trainer).
++ l_diag * L_diag + l_vis * L_vis + l_lap * L_lap + l_silence * L_silence``; each term is a
+separate, non-negative function here and :class:`XMarkLoss` returns all of them (logged per epoch
+by the trainer).
 
-- Efficacy (SSCL-BW lineage, arXiv 2510.26420): cross-entropy of the frozen surrogate's output on
-  the watermarked image to the target label ``y_t``, on target-class and on non-target images as
-  two terms with two weights.
-- Scale robustness: the same cross-entropy (all images of the batch) after an antialiased
-  down-scale of ``x'`` by a random factor from ``scale_range`` (one factor per batch, drawn from a
-  passed ``torch.Generator``) and bilinear up-scaling back to the input size.
+- Efficacy, ``keyed`` carrier (our extension, docs/methods/xmark.md): the key fixes the pattern,
+  so efficacy is how much of the full-budget keyed mark ``M = epsilon m(S) c_k`` the generator
+  keeps: ``1 - <delta, M> / <M, M>`` on target-class and on non-target images (two terms, two
+  weights). What makes a suspect *learn* the mark is the release (carrier + decoy negatives,
+  :mod:`.release`), measured by the generator's diagnostics, not a surrogate's reaction.
+- Efficacy, ``free`` carrier (the paper as written; SSCL-BW lineage, arXiv 2510.26420):
+  cross-entropy of the frozen surrogate on the watermarked image to the target label ``y_t``, on
+  target-class and on non-target images. Measured here: it crafts a transferable adversarial
+  pattern that clean models answer too (ablation ``free_mark``).
+- Scale robustness: the same efficacy after an antialiased down-scale of the watermarked batch by
+  a random factor from ``scale_range`` (one factor per batch, from a passed
+  ``torch.Generator``) and bilinear up-scaling back (keyed: retention of ``R(delta)`` against
+  ``R(M)``, so gain patterns that rescaling destroys are penalised).
 - Diagnostic preservation: ``KL(f(x) || f(x'))`` on target-class images, i.e. on the images that
   are watermarked in the release, whose diagnosis must not change (0 when ``delta = 0``).
+- Silence of clean models (COMBAT's clean-model loss, Huynh et al., AAAI 2024, §3.2): the frozen
+  surrogate is a clean model, so on non-target images
+  ``mean [P(y_t | x') - P(y_t | x) - silence_margin]_+`` must stay 0: the mark may not be
+  evidence for ``y_t`` to a model that never saw the release (the Ind-M scenario).
 - Visual: ``1 - SSIM(x, x') + mean(delta^2)`` (kornia SSIM, 11x11 Gaussian window), or
   ``LPIPS(x, x') + mean(delta^2)`` when ``visual.kind = lpips`` (needs local AlexNet weights,
   see :class:`LpipsDistance`).
@@ -20,11 +32,9 @@ function here and :class:`XMarkLoss` returns all of them (logged per epoch by th
   ``mean(laplacian_3x3(delta)^2)``. ``relative: true`` divides by ``mean(delta^2) + 1e-8`` so the
   term penalises the *share* of high-frequency energy, not the amplitude (which ``vis`` handles);
   ``relative: false`` divides by ``epsilon^2`` (energy in units of the budget).
-  **Measured caveat**: the share's gradient grows like ``1/|delta|``; from the zero-initialised
-  generator it dominates Adam's first steps and drives ``delta`` to ~0 (on 32x32 toy data after
-  3 epochs: RMS 0.001 grey levels, every image unchanged after quantisation), while
-  ``relative: false`` keeps the mark (RMS ~2 levels) and still cuts the high-frequency share
-  5-15x against ``lap = 0``. ``relative: false`` is the recommended setting.
+  **Measured caveat**: the share's gradient grows like ``1/|delta|``; from a zero-initialised
+  ``free`` generator it dominates Adam's first steps and drives ``delta`` to ~0, while
+  ``relative: false`` keeps the mark. ``relative: false`` is the recommended setting.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from torch import nn
 from medmark.methods.xmark.config import resolve_xmark
 from medmark.train import resize_batch
 
-TERMS: tuple[str, ...] = ("eff_target", "eff_nontarget", "scale", "diag", "vis", "lap")
+TERMS: tuple[str, ...] = ("eff_target", "eff_nontarget", "scale", "diag", "vis", "lap", "silence")
 RELATIVE_EPS = 1e-8
 
 
@@ -60,6 +70,28 @@ def efficacy_loss(logits: torch.Tensor, target_class: int) -> torch.Tensor:
         return _zero(logits)
     y = torch.full((logits.shape[0],), int(target_class), dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, y)
+
+
+def retention_loss(delta: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """``1 - <delta, M> / <M, M>``: the share of the full-budget keyed mark ``M`` not kept
+    (0 when ``delta = M``, 1 when ``delta = 0``; 0 for an empty batch or ``M = 0``)."""
+    if delta.shape[0] == 0:
+        return _zero(delta)
+    den = full.pow(2).sum()
+    if float(den) == 0.0:
+        return _zero(delta)
+    return (1.0 - (delta * full).sum() / den).clamp_min(0.0)
+
+
+def silence_loss(
+    logits_clean: torch.Tensor, logits_wm: torch.Tensor, target_class: int, margin: float
+) -> torch.Tensor:
+    """``mean [P(y_t|x') - P(y_t|x) - margin]_+`` under a clean model (0 for an empty batch)."""
+    if logits_wm.shape[0] == 0:
+        return _zero(logits_wm)
+    p_wm = F.softmax(logits_wm, dim=1)[:, target_class]
+    p_clean = F.softmax(logits_clean, dim=1)[:, target_class]
+    return F.relu(p_wm - p_clean - margin).mean()
 
 
 def random_rescale(
@@ -217,6 +249,7 @@ class XMarkLoss:
         self.lap_levels = int(xc["laplacian"]["levels"])
         self.lap_relative = bool(xc["laplacian"]["relative"])
         self.epsilon = float(xc["epsilon"])
+        self.silence_margin = float(xc["silence_margin"])
         visual = xc["visual"]
         self.visual_kind = str(visual["kind"])
         self._visual: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -252,26 +285,36 @@ class XMarkLoss:
         delta: torch.Tensor,
         y: torch.Tensor,
         scale_generator: torch.Generator,
+        full: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Terms and ``total`` for a batch: clean ``x``, watermarked ``x_wm``, ``delta``, labels ``y``."""
+        """Terms and ``total`` for a batch: clean ``x``, watermarked ``x_wm``, ``delta``, labels
+        ``y``; ``full`` is the full-budget keyed mark ``M`` (keyed carrier) or ``None`` (free)."""
         is_t = y == self.target_class
         is_n = ~is_t
         logits_wm = self._f(x_wm)
-        terms: dict[str, torch.Tensor] = {
-            "eff_target": efficacy_loss(logits_wm[is_t], self.target_class),
-            "eff_nontarget": efficacy_loss(logits_wm[is_n], self.target_class),
-        }
-        # A term whose weight is 0 is still computed (and logged), without building its graph.
-        with _grad_if(self.lambdas["scale"] > 0):
-            x_rs, _ = random_rescale(x_wm, self.scale_range, scale_generator)
-            terms["scale"] = efficacy_loss(self._f(x_rs), self.target_class)
-        if bool(is_t.any()):
-            with torch.no_grad():
-                logits_clean = self._f(x[is_t])
-            with _grad_if(self.lambdas["diag"] > 0):
-                terms["diag"] = diagnostic_loss(logits_clean, logits_wm[is_t])
+        with torch.no_grad():
+            logits_clean = self._f(x)
+        terms: dict[str, torch.Tensor] = {}
+        if full is not None:
+            terms["eff_target"] = retention_loss(delta[is_t], full[is_t])
+            terms["eff_nontarget"] = retention_loss(delta[is_n], full[is_n])
+            with _grad_if(self.lambdas["scale"] > 0):
+                d_rs, f = random_rescale(delta, self.scale_range, scale_generator)
+                m_rs, _ = random_rescale(full, (f, f), scale_generator)
+                terms["scale"] = retention_loss(d_rs, m_rs)
         else:
-            terms["diag"] = _zero(x_wm)
+            terms["eff_target"] = efficacy_loss(logits_wm[is_t], self.target_class)
+            terms["eff_nontarget"] = efficacy_loss(logits_wm[is_n], self.target_class)
+            # A term whose weight is 0 is still computed (and logged), without building its graph.
+            with _grad_if(self.lambdas["scale"] > 0):
+                x_rs, _ = random_rescale(x_wm, self.scale_range, scale_generator)
+                terms["scale"] = efficacy_loss(self._f(x_rs), self.target_class)
+        with _grad_if(self.lambdas["diag"] > 0):
+            terms["diag"] = diagnostic_loss(logits_clean[is_t], logits_wm[is_t])
+        with _grad_if(self.lambdas["silence"] > 0):
+            terms["silence"] = silence_loss(
+                logits_clean[is_n], logits_wm[is_n], self.target_class, self.silence_margin
+            )
         terms["vis"] = self._visual(x, x_wm, delta)
         terms["lap"] = laplacian_loss(
             delta, self.lap_mode, self.lap_levels, self.lap_relative, self.epsilon

@@ -1,20 +1,27 @@
-"""The owner's release and secret (brief xmark.md "Poisoning"; brief verification.md "Roles").
+"""The owner's release and secret (paper §3.4; docs/methods/xmark.md, "Release").
 
 - :func:`choose_poisoned`: clean-label poisoning, only target-class rows of the release split,
   ``k = max(1, round(poison_rate * N_release))`` capped by the number of target-class rows
   (:func:`poison_budget` records the cap).
+- :func:`choose_decoys`: decoy negatives (our extension): ``round(decoys.rate * k)`` non-target
+  rows of the release split, each marked with a *fresh* decoy key's carrier by the same
+  generator. Labels never change (still clean-label). A model trained on the release then sees
+  the carrier family on both classes and can only tie ``y_t`` to the owner's carrier, so a model
+  trained on another key's release does not answer the owner's key (Ind-W), nor the owner's
+  model another key (Ind-Wp). Ablation ``no_decoys`` (rate 0).
 - :func:`apply_generator`: watermark uint8 images and quantise back to the stored bit depth
   (``round(255 * clip(x + delta, 0, 1))``), so every efficacy number downstream is measured on the
-  quantised mark.
+  quantised mark. :func:`check_marked` refuses a release whose marks quantised to nothing.
 - :func:`write_release`: stream the release split of ``prep/r{res}.h5`` into ``release/r{res}.h5``
-  (same layout, attr ``method``; poisoned rows replaced by their watermarked version, every other
+  (same layout, attr ``method``; marked rows replaced by their watermarked version, every other
   field row for row as in the source) and optionally a CheXpert-layout tree
   ``CheXpert-v1.0-small-xmark/{train.csv, train/<image_id>.png}``. The tree is PNG (lossless):
   JPEG's quantisation of high-frequency DCT coefficients would partly erase a mark whose
   amplitude is a few grey levels. No secret goes into the release: no poisoned ids, no key.
 - :func:`write_owner_dir`: the owner's secret, ``owner/generator.pt``, ``owner/owner.json`` and
-  ``owner/verification_r{res}.h5`` per resolution. The owner directory may never be inside the
-  release directory nor the reverse (:func:`check_separate`).
+  ``owner/verification_r{res}.h5`` per resolution (clean, watermarked and ``decoys``: the same
+  images marked with verification-only decoy keys, for the key-specific test). The owner
+  directory may never be inside the release directory nor the reverse (:func:`check_separate`).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from medmark.data.h5 import H5ImageWriter, read_images, read_table
 from medmark.data.labels import IGNORE, OBSERVATIONS, task_labels
 from medmark.errors import DataFormatError
 from medmark.io import sha256_file, write_json_atomic
+from medmark.methods.xmark.carrier import decoy_keys
 from medmark.methods.xmark.generator import XMarkGenerator, save_generator
 from medmark.verify import choose_verification_rows
 
@@ -97,6 +105,20 @@ def choose_poisoned(
     return np.sort(rng.choice(cand, size=budget["chosen"], replace=False)).astype(np.int64)
 
 
+def choose_decoys(
+    labels: np.ndarray, target_class: int, n_poisoned: int, rate: float, seed: int
+) -> np.ndarray:
+    """Sorted indices of ``round(rate * n_poisoned)`` non-target rows (capped by their number)
+    to carry decoy marks; seeded, disjoint from the poisoned rows by construction (other class)."""
+    if rate < 0:
+        raise ValueError(f"decoys.rate must be >= 0, got {rate}")
+    y = np.asarray(labels)
+    cand = np.flatnonzero((y != target_class) & (y >= 0))
+    n = min(len(cand), round(rate * n_poisoned))
+    rng = np.random.default_rng([int(seed), 0xDEC0])
+    return np.sort(rng.choice(cand, size=n, replace=False)).astype(np.int64)
+
+
 # --------------------------------------------------------------------------- watermarking
 
 
@@ -107,8 +129,13 @@ def apply_generator(
     saliency: np.ndarray,
     batch_size: int,
     device: torch.device,
+    carrier_keys: np.ndarray | list[int] | None = None,
 ) -> np.ndarray:
-    """Watermarked uint8 ``(N, R, R)``: ``round(255 * clip(x + delta, 0, 1))``, ``x = u8 / 255``."""
+    """Watermarked uint8 ``(N, R, R)``: ``round(255 * clip(x + delta, 0, 1))``, ``x = u8 / 255``.
+
+    ``carrier_keys`` (one key per image) marks image ``i`` with key ``carrier_keys[i]``'s carrier
+    instead of the generator's own (decoys; keyed carriers only).
+    """
     images_u8 = np.asarray(images_u8)
     if images_u8.dtype != np.uint8 or images_u8.ndim != 3:
         raise ValueError(f"images must be uint8 (N, R, R), got {images_u8.dtype} {images_u8.shape}")
@@ -116,13 +143,56 @@ def apply_generator(
         raise ValueError(f"saliency shape {np.shape(saliency)} != images shape {images_u8.shape}")
     generator.eval().to(device)
     out = np.empty_like(images_u8)
+    if carrier_keys is not None:
+        if len(carrier_keys) != len(images_u8):
+            raise ValueError(f"{len(carrier_keys)} carrier keys for {len(images_u8)} images")
+        for i, k in enumerate(carrier_keys):
+            out[i] = _apply_one(generator, images_u8[i], saliency[i], int(k), device)[0]
+        return out
     for i in range(0, len(images_u8), batch_size):
         x = torch.from_numpy(images_u8[i : i + batch_size]).to(device, torch.float32) / 255.0
         s = torch.from_numpy(np.asarray(saliency[i : i + batch_size], dtype=np.float32))
         x_wm, _ = generator(x.unsqueeze(1), s.to(device).unsqueeze(1))
-        q = torch.round(x_wm.squeeze(1) * 255.0).clamp_(0, 255).to(torch.uint8)
-        out[i : i + batch_size] = q.cpu().numpy()
+        out[i : i + batch_size] = _quantise(x_wm)
     return out
+
+
+def _quantise(x_wm: torch.Tensor) -> np.ndarray:
+    return torch.round(x_wm.squeeze(1) * 255.0).clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def _apply_one(
+    generator: XMarkGenerator, image: np.ndarray, sal: np.ndarray, key: int, device: torch.device
+) -> np.ndarray:
+    x = torch.from_numpy(image[None, None]).to(device, torch.float32) / 255.0
+    s = torch.from_numpy(np.asarray(sal, dtype=np.float32)[None, None]).to(device)
+    x_wm, _ = generator(x, s, carrier_key=key)
+    return _quantise(x_wm)
+
+
+def check_marked(clean_u8: np.ndarray, marked_u8: np.ndarray, where: str) -> dict[str, float]:
+    """Refuse marks that quantised to nothing: every image must change, by more than rounding.
+
+    Returns ``{"n", "n_unchanged", "mean_abs_levels"}``. Raises ``ValueError`` naming ``where``
+    when any image is unchanged after quantisation to 8 bits (the release would carry no mark
+    there), e.g. an epsilon below half a grey level or a generator whose gain collapsed.
+    """
+    diff = np.abs(clean_u8.astype(np.int16) - marked_u8.astype(np.int16))
+    changed = diff.reshape(len(diff), -1).max(axis=1) > 0
+    stats_ = {
+        "n": int(len(diff)),
+        "n_unchanged": int((~changed).sum()),
+        "mean_abs_levels": float(diff.mean()) if diff.size else 0.0,
+    }
+    if len(diff) and not changed.all():
+        raise ValueError(
+            f"{where}: {stats_['n_unchanged']} of {stats_['n']} marked images are unchanged after "
+            "quantisation to 8 bits: the mark quantised to nothing (epsilon below half a grey "
+            "level, or the generator's gain collapsed). Raise xmark.epsilon or retrain; refusing "
+            "to release an unmarked dataset"
+        )
+    return stats_
 
 
 # --------------------------------------------------------------------------- checks and IO
@@ -266,6 +336,8 @@ def write_release(
     image_tree: bool,
     metadata_csv: str | os.PathLike[str] | None = None,
     compression_level: int = 4,
+    decoy_rate: float = 0.0,
+    key: int = 0,
 ) -> dict[str, Any]:
     """Write ``release_dir/r{res}.h5`` (+ the CheXpert tree when ``image_tree``); return the secret.
 
@@ -301,6 +373,13 @@ def write_release(
     poisoned_local = choose_poisoned(y, target_class, poison_rate, seed)
     is_poisoned = np.zeros(len(y), dtype=bool)
     is_poisoned[poisoned_local] = True
+    decoy_local = np.zeros(0, dtype=np.int64)
+    if decoy_rate > 0:
+        if not generator.keyed:
+            raise ValueError("decoy negatives need a keyed carrier (xmark.carrier.kind: keyed)")
+        decoy_local = choose_decoys(y, target_class, len(poisoned_local), decoy_rate, seed)
+    carrier_of = dict(zip(decoy_local.tolist(), decoy_keys(key, len(decoy_local)), strict=True))
+    stats = {"poisoned": [0, 0, 0.0], "decoys": [0, 0, 0.0]}
 
     attrs = {**src_attrs, "created_by": "medmark.methods.xmark.release", "method": METHOD}
     out_h5 = release_dir / f"r{res}.h5"
@@ -320,7 +399,16 @@ def write_release(
             mark = is_poisoned[local]
             if mark.any():
                 maps = _read_maps(saliency_h5, src_rows[mark])
-                images[mark] = apply_generator(generator, images[mark], maps, batch_size, device)
+                marked = apply_generator(generator, images[mark], maps, batch_size, device)
+                _tally(stats["poisoned"], check_marked(images[mark], marked, f"{out_h5} poisoned"))
+                images[mark] = marked
+            dmark = np.array([i in carrier_of for i in local.tolist()], dtype=bool)
+            if dmark.any():
+                maps = _read_maps(saliency_h5, src_rows[dmark])
+                keys = [carrier_of[i] for i in local[dmark].tolist()]
+                marked = apply_generator(generator, images[dmark], maps, 1, device, keys)
+                _tally(stats["decoys"], check_marked(images[dmark], marked, f"{out_h5} decoys"))
+                images[dmark] = marked
             for k, i in enumerate(local.tolist()):
                 writer.append(images[k], ids[i], patients[i], splits[i], labels14[i])
                 if tree_tmp is not None:
@@ -348,9 +436,20 @@ def write_release(
         "image_tree": str(release_dir / TREE_NAME) if image_tree else None,
         "n_release": len(table),
         "poisoned_ids": ids[poisoned_local].tolist(),
+        "decoy_ids": ids[decoy_local].tolist(),
+        "decoy_rate": float(decoy_rate),
         "budget": budget,
         "seed": int(seed),
+        "marked_levels": {
+            k: {"n": v[0], "mean_abs_levels": v[2] / max(v[0], 1)} for k, v in stats.items()
+        },
     }
+
+
+def _tally(acc: list[Any], st: dict[str, float]) -> None:
+    acc[0] += st["n"]
+    acc[1] += st["n_unchanged"]
+    acc[2] += st["mean_abs_levels"] * st["n"]
 
 
 # --------------------------------------------------------------------------- owner secret
@@ -369,8 +468,12 @@ def write_verification_h5(
     verify_seed: int,
     batch_size: int,
     device: torch.device,
+    n_decoys: int = 0,
+    key: int = 0,
 ) -> dict[str, Any]:
-    """``clean``/``watermarked``/``ids`` of ``m`` seeded non-target verification-split images and
+    """``clean``/``watermarked``/``ids`` of ``m`` seeded non-target verification-split images,
+    ``decoys`` ``(K, m, R, R)`` (the same images marked by the same generator with ``K``
+    verification-only decoy keys: the key-specific test's reference) and
     ``test_images``/``test_labels`` of the test split (rows with an ignored label left out).
 
     Rows come from :func:`medmark.verify.choose_verification_rows` (same semantics as the
@@ -387,13 +490,28 @@ def write_verification_h5(
     splits = table["split"].to_numpy()
     vrows = choose_verification_rows(y, splits, target_class, n_images, verify_seed)
     clean = read_images(prep_h5, vrows)
-    wm = apply_generator(generator, clean, _read_maps(saliency_h5, vrows), batch_size, device)
+    maps = _read_maps(saliency_h5, vrows)
+    wm = apply_generator(generator, clean, maps, batch_size, device)
+    check_marked(clean, wm, f"{path} watermarked")
+    dkeys = decoy_keys(key, n_decoys, stream=1) if n_decoys else []
+    decoys = (
+        np.stack(
+            [
+                apply_generator(generator, clean, maps, batch_size, device, [k] * len(clean))
+                for k in dkeys
+            ]
+        )
+        if dkeys
+        else None
+    )
     trows = np.flatnonzero((splits == "test") & (y != IGNORE))
     ids = table["image_id"].to_numpy()[vrows].tolist()
     str_dt = h5py.string_dtype("utf-8")
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("clean", data=clean, compression="gzip")
         f.create_dataset("watermarked", data=wm, compression="gzip")
+        if decoys is not None:
+            f.create_dataset("decoys", data=decoys, compression="gzip")
         f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=str_dt)
         test = f.create_dataset(
             "test_images",
@@ -420,7 +538,13 @@ def write_verification_h5(
                 "source_prep": str(prep_h5),
             }
         )
-    return {"resolution": res, "ids": ids, "m": len(ids), "n_test": int(len(trows))}
+    return {
+        "resolution": res,
+        "ids": ids,
+        "m": len(ids),
+        "n_test": int(len(trows)),
+        "n_decoys": len(dkeys),
+    }
 
 
 def write_owner_dir(
@@ -442,6 +566,8 @@ def write_owner_dir(
     batch_size: int,
     device: torch.device,
     generator_meta: dict[str, Any] | None = None,
+    n_decoys: int = 0,
+    key_tau: float = 0.1,
 ) -> dict[str, Any]:
     """Write the owner's secret: ``generator.pt``, ``verification_r{res}.h5``, ``owner.json``.
 
@@ -471,6 +597,8 @@ def write_owner_dir(
             verify_seed=verify_seed,
             batch_size=batch_size,
             device=device,
+            n_decoys=n_decoys,
+            key=key,
         )
         if info["resolution"] != res:
             raise DataFormatError(
@@ -489,6 +617,10 @@ def write_owner_dir(
         "target_observation": target_observation,
         "uncertainty": uncertainty,
         "poisoned_ids": list(release_info["poisoned_ids"]),
+        "decoy_ids": list(release_info.get("decoy_ids", [])),
+        "decoy_rate": float(release_info.get("decoy_rate", 0.0)),
+        "marked_levels": release_info.get("marked_levels", {}),
+        "n_verify_decoys": int(n_decoys),
         "poison_rate": float(release_info["budget"]["poison_rate"]),
         "poison_budget": release_info["budget"],
         "release_resolution": int(release_info["resolution"]),
@@ -496,6 +628,7 @@ def write_owner_dir(
         "verification": verification,
         "verification_file": verification[str(resolution)]["file"],
         "tau": float(tau),
+        "key_tau": float(key_tau),
         "alpha": float(alpha),
         "verify_seed": int(verify_seed),
         "resolution": int(resolution),

@@ -103,7 +103,7 @@ def train_generator(
     """
     xc = resolve_xmark(cfg)
     last_path = Path(last_path)
-    generator = build_generator(GeneratorConfig.from_xmark(xc), seed=key).to(device)
+    generator = build_generator(GeneratorConfig.from_xmark(xc, key), seed=key).to(device)
     surrogate.eval().to(device)
     for p in surrogate.parameters():
         p.requires_grad_(False)
@@ -151,7 +151,11 @@ def train_generator(
             s = s.to(device, torch.float32)
             y = torch.as_tensor(y).to(device)
             x_wm, delta = generator(x, s)
-            terms = objective(x, x_wm, delta, y, scale_gen)
+            full = None
+            if generator.keyed:
+                c = generator.carrier(x.shape[-2], x.shape[-1]).to(device)
+                full = generator.epsilon * generator.mask(s) * c
+            terms = objective(x, x_wm, delta, y, scale_gen, full=full)
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
