@@ -1,4 +1,4 @@
-"""Tables and figures in the shape of the paper (brief verification.md, "Metrics").
+"""Tables and figures in the shape of the paper (docs/methods/verification.md, "Metrics").
 
 Rows are scenario × arch; columns BA, AUROC, WSR, ΔP, p-value and the rate of p < α, which is
 the detection rate for Malicious and the false-positive rate for the independent scenarios
