@@ -1,4 +1,4 @@
-# Adaptive attacks (issue 5): model repair produces a new suspect model; query-time input
+# Adaptive attacks (docs/methods/attacks.md): model repair produces a new suspect model; query-time input
 # transforms wrap the suspect's black box inside the verify rule. Every attacked suspect goes
 # through the same verification; `snakemake attacks` builds the attack table and plot.
 

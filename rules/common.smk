@@ -306,7 +306,7 @@ def xmark_outputs(variant, wm="owner"):
 
 
 # ---- helpers of rules/suspects.smk ----
-# Suspect models under the four scenarios (brief verification.md). Malicious and Ind-W train on a
+# Suspect models under the four scenarios (docs/methods/verification.md). Malicious and Ind-W train on a
 # watermarked release of a variant; Ind-M and Ind-D never see a watermark, so they are shared by
 # every variant and keyed by their resolutions only.
 
@@ -341,7 +341,7 @@ def suspect_model(variant, method, scenario, arch, seed):
 
 
 # ---- helpers of rules/verify.smk ----
-# Black-box verification of every suspect (brief verification.md). Ind-Wp is DVBW's second
+# Black-box verification of every suspect (docs/methods/verification.md). Ind-Wp is DVBW's second
 # reading of "independent watermark": the Malicious model queried with an independent key.
 
 VERIFY_SCENARIOS = SCENARIOS + ["Ind-Wp"]
@@ -392,7 +392,7 @@ def verify_targets(variant="main", method="xmark", attacks=("none",)):
 
 
 # ---- helpers of rules/attacks.smk ----
-# Adaptive attacks (issue 5): model repair produces a new suspect model; query-time input
+# Adaptive attacks (docs/methods/attacks.md): model repair produces a new suspect model; query-time input
 # transforms wrap the suspect's black box inside the verify rule. Every attacked suspect goes
 # through the same verification; `snakemake attacks` builds the attack table and plot.
 

@@ -1,4 +1,4 @@
-# Suspect models under the four scenarios (brief verification.md). Malicious and Ind-W train on a
+# Suspect models under the four scenarios (docs/methods/verification.md). Malicious and Ind-W train on a
 # watermarked release of a variant; Ind-M and Ind-D never see a watermark, so they are shared by
 # every variant and keyed by their resolutions only.
 

@@ -1,4 +1,4 @@
-# Black-box verification of every suspect (brief verification.md). Ind-Wp is DVBW's second
+# Black-box verification of every suspect (docs/methods/verification.md). Ind-Wp is DVBW's second
 # reading of "independent watermark": the Malicious model queried with an independent key.
 
 

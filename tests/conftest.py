@@ -11,6 +11,7 @@ torch.set_num_threads(1)
 SNAKEMAKE_ALLOWED = "MEDMARK_TEST_MAY_START_SNAKEMAKE"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Set before the item's fixtures (module-scoped ones included) run.
     if item.get_closest_marker("snakemake") is not None:

@@ -1,4 +1,4 @@
-"""Attack entry points: config, dispatch by kind, provenance files (issue 5)."""
+"""Attack entry points: config, dispatch by kind, provenance files (docs/methods/attacks.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spectral-signature filtering removes injected outliers (Tran et al., NeurIPS 2018; issue 5)."""
+"""Spectral-signature filtering removes injected outliers (Tran et al., NeurIPS 2018; docs/methods/attacks.md)."""
 
 from __future__ import annotations
 

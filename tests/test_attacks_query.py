@@ -1,4 +1,4 @@
-"""Query-time attacks change the input as claimed (issue 5)."""
+"""Query-time attacks change the input as claimed (docs/methods/attacks.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model-repair attacks change the model as claimed, on a tiny learnable problem (issue 5)."""
+"""Model-repair attacks change the model as claimed, on a tiny learnable problem (docs/methods/attacks.md)."""
 
 from __future__ import annotations
 

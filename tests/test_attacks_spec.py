@@ -1,4 +1,4 @@
-"""Attack wildcard grammar: round trip, strictness, kinds (issue 5)."""
+"""Attack wildcard grammar: round trip, strictness, kinds (docs/methods/attacks.md)."""
 
 from __future__ import annotations
 

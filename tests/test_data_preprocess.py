@@ -1,4 +1,4 @@
-"""JPEG -> prep/r{res}.h5 (medmark.data.preprocess; docs/architecture.md, brief data.md)."""
+"""JPEG -> prep/r{res}.h5 (medmark.data.preprocess; docs/architecture.md, docs/methods/data.md)."""
 
 from __future__ import annotations
 

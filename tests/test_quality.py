@@ -1,4 +1,4 @@
-"""Release image quality (brief verification.md, "Metrics": PSNR, SSIM, L-inf, L2, HF share)."""
+"""Release image quality (docs/methods/verification.md, "Metrics": PSNR, SSIM, L-inf, L2, HF share)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The cluster path (issue 6, items 1-2; docs/cluster.md).
+"""The cluster path (docs/cluster.md).
 
 Fast tests (no daemons): the literal ``--profile slurm`` resolves to the committed ``slurm/``
 profile, the local workflow profile does not fight it, a dry run on a machine without Slurm
@@ -200,7 +200,7 @@ def _path_without_slurm(tmp_path: Path) -> str:
 
 @pytest.mark.snakemake
 def test_dry_run_without_slurm_prints_plan(tmp_path: Path) -> None:
-    """Done-criterion of issue 6: ``snakemake --profile slurm -n all`` without Slurm prints the
+    """The cluster path's promise (docs/cluster.md): ``snakemake --profile slurm -n all`` without Slurm prints the
     plan, not a traceback (no account set either: a dry run submits nothing)."""
     work = _toy_copy(tmp_path / "work")
     env = {k: v for k, v in os.environ.items() if k not in (PARTITION_VAR, ACCOUNT_VAR)}
@@ -363,13 +363,13 @@ def test_toy_workflow_through_slurm(
 def test_tiny_preset_through_slurm_equals_local(
     local_slurm: dict[str, str], tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
-    """Issue 6 item 2: the tiny preset through ``snakemake --profile slurm`` against the local
+    """The tiny preset through ``snakemake --profile slurm`` against the local
     Slurm; every non-local job went through sbatch, outputs equal a local run's.
 
-    Issue 16 item 7: the surrogate, saliency, generator, release and suspect jobs were each
-    allocated ``gres:gpu:1`` by Slurm (``scontrol show job``), the CPU jobs none. Breakage
-    guarded: a GPU rule losing its ``gpu=1`` resource (or the profile dropping it), which the
-    toy workflow's assertion alone would not notice."""
+    The surrogate, saliency, generator, release and suspect jobs were each allocated
+    ``gres:gpu:1`` by Slurm (``scontrol show job``), the CPU jobs none. Breakage guarded: a GPU
+    rule losing its ``gpu=1`` resource (or the profile dropping it), which the toy workflow's
+    assertion alone would not notice."""
     missing = [e for e in (*WORKFLOW_ENTRIES, TINY_PRESET) if not (REPO / e).exists()]
     assert not missing, f"the pipeline is not complete yet: missing {missing}"
     preset = [*SLURM_TARGETS, "--configfile", TINY_PRESET]  # targets first: nargs="+"

@@ -1,4 +1,4 @@
-"""Black-box adapters and ``medmark verify`` end to end (brief verification.md: Tests)."""
+"""Black-box adapters and ``medmark verify`` end to end (docs/methods/verification.md: Tests)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Statistics and metrics of black-box verification (brief verification.md: Tests, Metrics)."""
+"""Statistics and metrics of black-box verification (docs/methods/verification.md: Tests, Metrics)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Between-workflow caching (issue 6, item 3; docs/cluster.md).
+"""Between-workflow caching (docs/cluster.md).
 
 Two fresh working directories share one ``SNAKEMAKE_OUTPUT_CACHE``; the second run must take
 every cacheable output from the cache instead of recomputing it: Snakemake logs

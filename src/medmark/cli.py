@@ -2,7 +2,7 @@
 
 ``medmark verify --model FILE --owner-dir DIR --out verdict.json`` queries a suspect model
 (TorchScript ``.pt``/``.pth`` or ONNX ``.onnx``) as a black box with the owner's verification
-images and writes the verdict (brief verification.md: Tests). Exit status: 0 when a verdict was
+images and writes the verdict (docs/methods/verification.md: Tests). Exit status: 0 when a verdict was
 written (whatever it is), 2 on bad input (message on stderr, no traceback).
 """
 

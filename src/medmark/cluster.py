@@ -1,4 +1,4 @@
-"""The cluster path's checks (issue 6; docs/cluster.md): Slurm settings from the environment
+"""The cluster path's checks (docs/cluster.md): Slurm settings from the environment
 (item 1) and safe keys for between-workflow caching (item 3).
 
 The committed Slurm profile (``slurm/config.yaml``) reads the partition and the account from

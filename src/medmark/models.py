@@ -5,7 +5,7 @@ replaced by a
 1-channel convolution (grayscale radiographs) and a 2-way head (binary task, see
 ``medmark.data.labels``). Every model normalises internally, so all models take
 ``float32 (N, 1, H, W)`` images in ``[0, 1]``: that is the black-box API the verifier uses
-(brief verification.md, "Roles").
+(docs/methods/verification.md, "Roles").
 """
 
 from __future__ import annotations

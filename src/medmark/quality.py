@@ -1,4 +1,4 @@
-"""Image quality of a watermarked release (brief verification.md, "Metrics": image quality).
+"""Image quality of a watermarked release (docs/methods/verification.md, "Metrics": release quality).
 
 Per image and aggregated, for clean/watermarked uint8 pairs:
 
@@ -13,7 +13,7 @@ Per image and aggregated, for clean/watermarked uint8 pairs:
   in cycles/pixel (coefficient ``u`` of an ``H``-point DCT-II oscillates at ``u / 2H``; Nyquist =
   0.5), ``hf_share = sum_{rho > 0.25} C^2 / sum C^2``: the share of energy above half the Nyquist
   frequency (the band a 2x antialiased down-scale removes; what the Laplacian term of X-Mark
-  suppresses, brief xmark.md). **DCT, not FFT**: the FFT's periodic extension turns the image
+  suppresses, X-Mark arXiv 2602.09284). **DCT, not FFT**: the FFT's periodic extension turns the image
   border into a step wherever ``delta`` is not zero on the edge, and that step spreads energy over
   all frequencies (measured: it reversed the ranking of two generators); the DCT's symmetric
   extension adds no such edge. ``basis="fft"`` (``rho`` from ``numpy.fft.fftfreq``) is kept for

@@ -1,4 +1,4 @@
-"""Batched EigenCAM saliency maps (X-Mark ingredient 2, brief xmark.md "Saliency conditioning").
+"""Batched EigenCAM saliency maps (X-Mark, Kulkarni, Guo, Huang, arXiv 2602.09284: saliency conditioning).
 
 EigenCAM (Muhammad & Yeasin, IJCNN 2020) projects a convolutional layer's activations on their
 first principal component; it is class-agnostic and needs no gradients. We wrap the ``grad-cam``

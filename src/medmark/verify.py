@@ -1,4 +1,4 @@
-"""Black-box ownership verification of a suspect model (brief verification.md: Tests, Metrics).
+"""Black-box ownership verification of a suspect model (docs/methods/verification.md: Tests, Metrics).
 
 The verifier queries the suspect only through :class:`BlackBox` with ``m`` benign verification
 images ``x`` (non-target class, disjoint patients) and their watermarked versions ``x'``, then
@@ -77,7 +77,7 @@ FLAG_KEY_TEST_HARD_LABEL = "key_test_unavailable_hard_label"
 
 @runtime_checkable
 class BlackBox(Protocol):
-    """What the verifier may do with a suspect: query it (brief verification.md: Roles)."""
+    """What the verifier may do with a suspect: query it (docs/methods/verification.md: Roles)."""
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """``(N, K)`` class probabilities for float32 ``(N, 1, H, W)`` images in ``[0, 1]``."""
@@ -542,7 +542,7 @@ def paired_ttest(
     tau: float,
     alpha: float,
 ) -> TestResult:
-    """One-sided paired t-test, H1: ``mean(p_wm - p_clean) > tau`` (DVBW, brief: Tests).
+    """One-sided paired t-test, H1: ``mean(p_wm - p_clean) > tau`` (DVBW; docs/methods/verification.md: Tests).
 
     Computed as ``scipy.stats.ttest_rel(p_wm, p_clean + tau, alternative="greater")``;
     ``log10_p`` (:func:`t_log10_sf`, from ``t.logsf``) stays finite where ``p`` underflows to 0.
@@ -837,14 +837,14 @@ def wsr(
 
 
 def delta_p(p_wm: Sequence[float] | np.ndarray, p_clean: Sequence[float] | np.ndarray) -> float:
-    """ΔP = mean(P(y_t | x') − P(y_t | x)) (brief: Tests)."""
+    """ΔP = mean(P(y_t | x') − P(y_t | x)) (docs/methods/verification.md: Metrics)."""
     a, b = _check_pair(p_wm, p_clean, ("p_wm", "p_clean"))
     return float(np.mean(a - b))
 
 
 @dataclass(frozen=True)
 class BenignMetrics:
-    """Benign accuracy and AUROC of the suspect on clean test images (brief: Metrics, BA)."""
+    """Benign accuracy and AUROC of the suspect on clean test images (docs/methods/verification.md: Metrics)."""
 
     accuracy: float
     auroc: float
@@ -919,7 +919,7 @@ def choose_verification_rows(
     seed: int,
     split: str = "verification",
 ) -> np.ndarray:
-    """Seeded choice of up to ``n`` non-target-class rows of ``split`` (brief: Tests).
+    """Seeded choice of up to ``n`` non-target-class rows of ``split`` (docs/methods/verification.md: Tests).
 
     ``labels`` are task labels (``-1`` = ignored, never chosen); ``splits`` the split names of
     ``prep/r{res}.h5``. Returns sorted row indices. Fewer than 2 candidates is an error; fewer

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a real one-node Slurm on this machine for the cluster tests (issue 6, item 2).
+# Start a real one-node Slurm on this machine for the cluster tests (docs/cluster.md).
 #
 # Installs slurm-wlm + munge from the Debian packages when missing, writes a one-node
 # /etc/slurm/slurm.conf (+ gres.conf with two simulated GPUs on files this script creates, so

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the daemons tests/slurm/start-local-slurm.sh started (issue 6, item 2): exactly the PIDs
+# Stop the daemons tests/slurm/start-local-slurm.sh started (docs/cluster.md): exactly the PIDs
 # recorded in $MEDMARK_SLURM_STATE (default /tmp/medmark-slurm), each only if it still runs the
 # program it was recorded for (a reused PID is left alone). A munged that was already running
 # before the start script (no munged.pid) is not touched. Idempotent; exit 0 when nothing is left.

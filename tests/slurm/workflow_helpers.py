@@ -1,4 +1,4 @@
-"""Helpers shared by tests/test_slurm.py and tests/test_workflow_cache.py (issue 6, items 2-3):
+"""Helpers shared by tests/test_slurm.py and tests/test_workflow_cache.py (docs/cluster.md):
 copy a workflow into a fresh working directory, run Snakemake there, read the Slurm evidence
 from its log, and compare two ``results/`` trees (HDF5 by datasets and attributes)."""
 

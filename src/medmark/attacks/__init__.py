@@ -1,4 +1,4 @@
-"""Adaptive attacks on dataset-ownership verification (issue 5), by BackdoorBox verb.
+"""Adaptive attacks on dataset-ownership verification (docs/methods/attacks.md), by BackdoorBox verb.
 
 * :mod:`~medmark.attacks.spec` — the ``{attack}`` wildcard grammar (parse/format, kind);
 * :mod:`~medmark.attacks.repair` — model repair: fine-tuning, fine-pruning, distillation;

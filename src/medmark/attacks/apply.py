@@ -1,4 +1,4 @@
-"""Apply an ``{attack}`` wildcard to a suspect: the entry points the Snakemake stage calls (issue 5).
+"""Apply an ``{attack}`` wildcard to a suspect: the entry points the Snakemake stage calls (docs/methods/attacks.md).
 
 * ``kind == "model"``: :func:`apply_model_attack` returns a repaired model (save it with
   ``medmark.models.save_classifier``; the verify rule then tests it like any suspect).

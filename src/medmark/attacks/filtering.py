@@ -1,4 +1,4 @@
-"""Dataset-filtering attack: spectral signatures (Tran, Li & Madry, NeurIPS 2018; issue 5).
+"""Dataset-filtering attack: spectral signatures (Tran, Li & Madry, NeurIPS 2018; docs/methods/attacks.md).
 
 Before training a suspect, its owner removes training images whose learned representations look
 anomalous. Tran et al.'s recipe, implemented here: train a network on the (possibly poisoned)

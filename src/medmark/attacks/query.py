@@ -1,4 +1,4 @@
-"""Query-time input pre-processing attacks (issue 5; BackdoorBox "pre-processing" defences).
+"""Query-time input pre-processing attacks (docs/methods/attacks.md; BackdoorBox "pre-processing" defences).
 
 The suspect's owner transforms every incoming query before the model sees it, hoping to destroy
 the watermark's perturbation while keeping the model's benign accuracy. All transforms act on

@@ -1,4 +1,4 @@
-"""Model-repair attacks (issue 5; BackdoorBox "model repairing"): fine-tuning, fine-pruning, distillation.
+"""Model-repair attacks (docs/methods/attacks.md; BackdoorBox "model repairing"): fine-tuning, fine-pruning, distillation.
 
 The suspect's owner, holding some clean data, modifies the suspect to erase a watermark it may
 have learned, then exposes the repaired model. Every function returns a *new* model and leaves

@@ -1,4 +1,4 @@
-"""Attack wildcard grammar: parse ``{attack}`` strings into typed specs and back (issue 5).
+"""Attack wildcard grammar: parse ``{attack}`` strings into typed specs and back (docs/methods/attacks.md).
 
 The taxonomy follows BackdoorBox's verbs: *model repair* (fine-tuning, fine-pruning,
 distillation) produces a new model; *input pre-processing* transforms every query at inference

@@ -6,8 +6,8 @@ Layout: ``images`` uint8 ``(N, R, R)`` chunked ``(1, R, R)`` with gzip + shuffle
 ``observations`` and the provenance written by :mod:`medmark.data.preprocess`.
 
 Readers never keep an HDF5 handle across a pickle or a fork: :class:`H5Images` opens the file
-lazily in the process that reads (DataLoader workers included), as the brief requires for a
-dataset too large to hold in memory (brief data.md, "design for streaming").
+lazily in the process that reads (DataLoader workers included): the dataset may be too large
+to hold in memory (docs/methods/data.md, CheXpert: every stage streams).
 """
 
 from __future__ import annotations

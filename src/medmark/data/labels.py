@@ -1,4 +1,4 @@
-"""CheXpert observation names and task labels (brief data.md: label semantics).
+"""CheXpert observation names and task labels (docs/methods/data.md: CheXpert labels).
 
 CheXpert values: 1.0 positive, 0.0 negative, -1.0 uncertain, blank (NaN) = not mentioned.
 The task is binary on one configured observation. Blank counts as negative (the usual

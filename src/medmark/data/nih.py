@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14 adapter to the normalised metadata table (brief ``data.md``, second adapter).
+"""NIH ChestX-ray14 adapter to the normalised metadata table (``docs/methods/data.md``, second adapter).
 
 Label mapping (``NIH_TO_CHEXPERT``): NIH findings that have a CheXpert observation map to it —
 Atelectasis, Cardiomegaly, Consolidation, Edema, Pneumonia, Pneumothorax unchanged;

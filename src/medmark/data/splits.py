@@ -1,4 +1,4 @@
-"""Patient-disjoint splits (brief ``data.md``: the unit of leakage is the patient).
+"""Patient-disjoint splits (``docs/methods/data.md``: the unit of leakage is the patient).
 
 Patients (not images) are shuffled with a seeded generator and cut by the configured
 fractions (largest-remainder rounding), optionally per stratum "any image of the patient is

@@ -1,6 +1,6 @@
 """Embedded synthetic chest-radiograph generator in the CheXpert-v1.0-small on-disk format.
 
-Implements brief ``data.md`` ("The embedded default"): a deterministic, seeded, procedural
+Implements ``docs/methods/data.md`` ("The embedded default"): a deterministic, seeded, procedural
 generator of chest-radiograph-like images so that a run needs nothing downloaded. It writes
 exactly the CheXpert layout (``CheXpert-v1.0-small/{train,valid}/patientNNNNN/studyN/
 viewN_{frontal,lateral}.jpg``, ``train.csv``, ``valid.csv``), so the real ingest path is the

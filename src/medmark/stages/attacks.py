@@ -1,4 +1,4 @@
-"""Model-repair attack stage (issue 5; BackdoorBox taxonomy "model repair").
+"""Model-repair attack stage (docs/methods/attacks.md; BackdoorBox taxonomy "model repair").
 
 The attacker holds the suspect and some clean data (config ``attacks.clean_split``, never the
 verification split); the repaired model is then verified like any suspect.

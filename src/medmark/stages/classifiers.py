@@ -1,4 +1,4 @@
-"""Surrogate and suspect training stages (brief verification.md, "The four suspect scenarios").
+"""Surrogate and suspect training stages (docs/methods/verification.md, "The four suspect scenarios").
 
 One recipe (``medmark.train.train_classifier``) trains every classifier; the scenario only
 decides the training data:

@@ -1,7 +1,7 @@
 """Verification stage: query one suspect as a black box with the owner's material.
 
-The suspect is only ever reached through ``predict_proba``/``predict_label`` (brief
-verification.md, "Roles"). A query-time attack (``medmark.attacks``) wraps the black box, so the
+The suspect is only ever reached through ``predict_proba``/``predict_label`` (docs/methods/verification.md,
+"Roles"). A query-time attack (``medmark.attacks``) wraps the black box, so the
 same test runs on the transformed query pipeline.
 """
 
