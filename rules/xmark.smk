@@ -40,6 +40,7 @@ rule xmark_release:
         ),
         generator=generator_path,
         metadata="results/data/metadata.csv",
+        surrogate=f"results/surrogate/{surrogate_tag()}/model.pt",
     output:
         release=expand(
             "results/{{variant}}/xmark/{{wm}}/release/r{res}.h5", res=RELEASE_RES
@@ -71,6 +72,7 @@ rule xmark_release:
         release_cfg=lambda wc: vcfg(wc.variant)["release"],
         verify_cfg=lambda wc: vcfg(wc.variant)["verify"],
         decoys=lambda wc: vcfg(wc.variant)["xmark"]["decoys"],
+        surrogate_resolution=config["surrogate"]["resolution"],
         key=lambda wc: wm_key(vcfg(wc.variant), wc.wm),
         task=config["task"],
         device=config["device"],

@@ -21,4 +21,6 @@ with script_logging(snakemake.log[0]):
         device=p.device,
         threads=snakemake.threads,
         quality_csv=snakemake.output.quality,
+        surrogate_path=snakemake.input.surrogate,
+        surrogate_resolution=p.surrogate_resolution,
     )

@@ -40,14 +40,20 @@ def test_dry_run_lists_every_stage(wf):
         "report_pvalues",
         "report_examples",
         "xmark_quality_table",
+        "xmark_proxy",
+        "reference_clean",
+        "xmark_diagnostics",
     ):
         assert jobs.get(rule, 0) >= 1, rule
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     archs, seeds = len(cfg["suspects"]["archs"]), cfg["suspects"]["independent_seeds"]
-    # archs x (Malicious 1 + Ind-Wp 1 + 3 independent scenarios x seeds), plus the Malicious
-    # suspect of the three poisoning-rate variants on the first arch
-    assert jobs["verify"] == archs * (1 + 1 + 3 * seeds) + 3
+    mal, keys = cfg["suspects"]["malicious_seeds"], len(cfg["xmark"]["independent_keys"])
+    # per arch: Malicious seeds, Ind-W and Ind-Wp over every independent key, Ind-D and Ind-M
+    assert jobs["verify"] == archs * (mal + 2 * max(keys, seeds) + 2 * seeds)
     assert jobs["suspect_clean"] == archs * 2 * seeds
+    assert jobs["suspect_watermarked"] == archs * (mal + max(keys, seeds))
+    # one generator per key (owner + independent) and one for the no_laplacian quality table
+    assert jobs["xmark_generator"] == 1 + keys + 1
 
 
 @pytest.mark.snakemake
@@ -94,6 +100,40 @@ def test_ablation_target_plans_only_its_branch(wf):
     ), shared
 
 
+@pytest.mark.snakemake
+@pytest.mark.parametrize(
+    ("name", "own_generator"),
+    [
+        ("free_mark", True),
+        ("mask_soft", True),
+        ("no_silence", True),
+        ("no_decoys", False),
+        ("epochs_x3", False),
+    ],
+)
+def test_new_ablation_overlays_plan(wf, name, own_generator):
+    """Each overlay that turns an extension off builds; release-only ones reuse main's generator."""
+    out = run_snakemake(wf, "-n", "--cores", "2", f"ablation_{name}").stdout
+    assert f"results/{name}/xmark/owner/release/r64.h5" in out
+    assert (f"results/{name}/xmark/key1/generator/model.pt" in out) is own_generator
+
+
+@pytest.mark.snakemake
+@pytest.mark.parametrize("target", ["sweeps", "population"])
+def test_sweep_and_population_targets_plan(wf, target):
+    out = run_snakemake(wf, "-n", "--cores", "2", target).stdout
+    jobs = _jobs(out)
+    if target == "sweeps":
+        assert jobs["report_sweep"] == 2
+        assert "results/epochs_x3/xmark/suspects/Malicious/" in out
+        assert re.search(r"results/clean_suspects/Ind-M/\w+/r64_from64_e18/", out)
+    else:
+        assert jobs["population_report"] == 1
+        cfg = yaml.safe_load((REPO / "config/population.yaml").read_text())
+        n = cfg["suspects"]["independent_seeds"]
+        assert n >= 20 and jobs["verify"] == cfg["suspects"]["malicious_seeds"] + 4 * n
+
+
 def test_every_ablation_overlay_has_a_target():
     out = (REPO / "rules" / "report.smk").read_text()
     assert "ablation_{_name}" in out
@@ -103,7 +143,12 @@ def test_every_ablation_overlay_has_a_target():
         "no_scale",
         "poison_005",
         "eps_4",
-        "eps_16",
+        "eps_8",
+        "free_mark",
+        "no_decoys",
+        "no_silence",
+        "mask_soft",
+        "epochs_x3",
     }
 
 
@@ -111,5 +156,5 @@ def test_every_ablation_overlay_has_a_target():
 def test_release_only_ablation_reuses_the_main_generator(wf):
     out = run_snakemake(wf, "-n", "--cores", "2", "ablation_poison_020").stdout
     assert "results/poison_020/xmark/owner/release/r64.h5" in out
-    assert "results/poison_020/xmark/owner/generator/" not in out  # no retraining
-    assert "results/main/xmark/owner/generator/model.pt" in out
+    assert "results/poison_020/xmark/key1/generator/" not in out  # no retraining
+    assert "results/main/xmark/key1/generator/model.pt" in out

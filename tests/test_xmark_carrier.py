@@ -112,3 +112,15 @@ def test_mark_that_quantises_to_nothing_is_refused() -> None:
     )
     st = check_marked(images, ok, "release")
     assert st["n_unchanged"] == 0 and st["mean_abs_levels"] > 2
+
+
+def test_hard_poison_choice_takes_the_lowest_scores_of_the_target_rows() -> None:
+    """Breakage guarded: the highest scores taken, or non-target rows admitted."""
+    y = np.array([1, 1, 0, 1, 1, 0, 1, 1, 0, 1])
+    scores = np.array([0.9, 0.1, 0.0, 0.5, 0.3, 0.0, 0.8, 0.2, 0.0, 0.7])
+    rows = choose_poisoned(y, 1, 0.3, seed=0, scores=scores)
+    assert rows.tolist() == [1, 4, 7]  # the three lowest target scores (0.1, 0.2, 0.3)
+    tie = choose_poisoned(y, 1, 0.1, seed=0, scores=np.where(y == 1, 0.5, 0.0))
+    assert len(tie) == 1 and y[tie[0]] == 1
+    with pytest.raises(ValueError):
+        choose_poisoned(y, 1, 0.3, seed=0, scores=scores[:5])

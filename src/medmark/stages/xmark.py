@@ -1,4 +1,4 @@
-"""X-Mark stages: generator training and the release (brief xmark.md; paper arXiv 2602.09284).
+"""X-Mark stages: generator training, release, diagnostics (paper arXiv 2602.09284; docs/methods/xmark.md).
 
 The generator trains on the owner's release split at the working resolution, conditioned on the
 surrogate's EigenCAM maps. The release stage applies it to the chosen target-class images at every
@@ -99,6 +99,24 @@ def check_surrogate(
     return counts
 
 
+def target_scores(
+    surrogate: torch.nn.Module,
+    prep_h5: str | Path,
+    task: dict[str, Any],
+    input_resolution: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """The clean surrogate's ``P(y_t | x)`` for every target-class row of the release split
+    (the poison choice ``hard`` marks the lowest ones first)."""
+    data = labeled_split(prep_h5, task, "release")
+    rows = data.images.rows[data.y_by_row[data.images.rows] == task["target_class"]]
+    ids = read_table(prep_h5)["image_id"].to_numpy()[rows]
+    p = predict_proba(
+        surrogate, read_images(prep_h5, rows), device=device, input_resolution=input_resolution
+    )[:, task["target_class"]]
+    return dict(zip(ids.tolist(), p.astype(float).tolist(), strict=True))
+
+
 def release_stage(
     *,
     prep: dict[int, str],
@@ -117,11 +135,24 @@ def release_stage(
     threads: int,
     quality_csv: str | Path,
     batch_size: int = 64,
+    surrogate_path: str | Path | None = None,
+    surrogate_resolution: int | None = None,
 ) -> dict[str, Any]:
     """Release at every resolution, the owner's secret, and the quality of the watermarked images."""
     set_threads(threads)
     dev = resolve_device(device)
     generator = load_generator(generator_path).to(dev)
+    scores = None
+    if release_cfg["poison_choice"] == "hard":
+        if surrogate_path is None or surrogate_resolution is None:
+            raise ValueError("release.poison_choice 'hard' needs the surrogate")
+        scores = target_scores(
+            load_classifier(surrogate_path),
+            prep[working_resolution],
+            task,
+            surrogate_resolution,
+            dev,
+        )
     infos = {}
     for res in sorted(prep):
         infos[res] = write_release(
@@ -141,6 +172,7 @@ def release_stage(
             metadata_csv=metadata_csv,
             decoy_rate=float(decoys["rate"]) if generator.keyed else 0.0,
             key=key,
+            poison_scores=scores,
         )
     poisoned = {tuple(i["poisoned_ids"]) for i in infos.values()}
     if len(poisoned) != 1:

@@ -1,5 +1,5 @@
 """X-Mark (Kulkarni, Guo, Huang, arXiv 2602.09284): saliency-guided, clean-label, sample-specific
-dataset watermark (brief xmark.md). Modules: :mod:`.generator` (conditional U-Net),
+dataset watermark (docs/methods/xmark.md). Modules: :mod:`.generator` (conditional U-Net),
 :mod:`.losses` (the multi-component objective), :mod:`.training` (resumable generator training),
 :mod:`.release` (poisoned release and the owner's secret), :mod:`.config` (section defaults).
 """

@@ -12,7 +12,7 @@ and phases are drawn from the key:
 ``g_k(u, v) = Σ_j cos(2π f_j (u cos θ_j + v sin θ_j) + φ_j)``, ``u, v ∈ [0, 1)`` pixel centres,
 normalised to ``max |g_k| = 1``, then saturated: ``c_k = tanh(β g_k) / tanh(β)`` (``β =
 saturation``; 0 keeps ``g_k``). Saturation raises the carrier's energy within the same L∞ budget
-(RMS ≈ 0.45 for three plain waves, ≈ 0.8 at β = 3), which is what a suspect learns from; the
+(RMS ≈ 0.45 for three plain waves, ≈ 0.8 at β = 3, ≈ 0.9 at β = 5), which is what a suspect learns from; the
 harmonics it adds stay at a few multiples of the band.
 
 Why plane waves, not band-limited noise: a CNN is (nearly) translation invariant and the suspects
@@ -43,7 +43,7 @@ class CarrierConfig:
 
     n_waves: int = 3
     band: tuple[float, float] = (3.0, 8.0)
-    saturation: float = 3.0
+    saturation: float = 5.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CarrierConfig:

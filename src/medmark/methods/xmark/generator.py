@@ -58,16 +58,16 @@ class GeneratorConfig:
 
     base_channels: int = 16
     depth: int = 3
-    epsilon: float = 0.0314
+    epsilon: float = 0.0627
     mask_kind: str = "soft_norm"
     mask_topq: float = 0.3
-    mask_floor: float = 0.5
+    mask_floor: float = 0.75
     carrier_kind: str = "keyed"
     key: int = 0
     n_waves: int = 3
     band: tuple[float, float] = (3.0, 8.0)
-    saturation: float = 3.0
-    gain_bias: float = 2.0
+    saturation: float = 5.0
+    gain_bias: float = 3.0
 
     @classmethod
     def from_xmark(cls, xmark: dict[str, Any], key: int) -> GeneratorConfig:
@@ -112,7 +112,7 @@ class _Block(nn.Sequential):
 
 
 def saliency_mask(
-    s: torch.Tensor, kind: str, topq: float = 0.3, floor: float = 0.5
+    s: torch.Tensor, kind: str, topq: float = 0.3, floor: float = 0.75
 ) -> torch.Tensor:
     """The mask ``m(S)`` in ``[0, 1]`` for saliency ``s`` ``(N, 1, H, W)`` (module docstring)."""
     if kind == "soft_norm":

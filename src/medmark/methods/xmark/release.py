@@ -81,12 +81,20 @@ def poison_budget(n_release: int, n_target: int, poison_rate: float) -> dict[str
 
 
 def choose_poisoned(
-    labels: np.ndarray, target_class: int, poison_rate: float, seed: int
+    labels: np.ndarray,
+    target_class: int,
+    poison_rate: float,
+    seed: int,
+    scores: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sorted indices into ``labels`` (task labels of the release rows) to watermark.
 
     Only rows with ``label == target_class`` (clean-label); ``gamma * N`` of them, capped by their
-    number (see :func:`poison_budget`); seeded choice without replacement.
+    number (see :func:`poison_budget`). Without ``scores``: seeded choice without replacement.
+    With ``scores`` (one per row, e.g. the clean surrogate's ``P(y_t | x)``): the candidates with
+    the *lowest* scores, ties broken by a seeded permutation. Those are the target images a model
+    finds hardest to classify from their natural features, so it has to rely on the mark
+    (Label-Consistent backdoors, Turner et al. 2019, §4: poisons must be hard).
     """
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -102,7 +110,14 @@ def choose_poisoned(
             len(cand),
         )
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(cand, size=budget["chosen"], replace=False)).astype(np.int64)
+    if scores is None:
+        return np.sort(rng.choice(cand, size=budget["chosen"], replace=False)).astype(np.int64)
+    sc = np.asarray(scores, dtype=np.float64)
+    if sc.shape != y.shape or not np.isfinite(sc[cand]).all():
+        raise ValueError(f"scores must be finite, one per row ({y.shape}), got {sc.shape}")
+    order = rng.permutation(len(cand))  # seeded tie-break, then a stable sort by score
+    ranked = cand[order][np.argsort(sc[cand][order], kind="stable")]
+    return np.sort(ranked[: budget["chosen"]]).astype(np.int64)
 
 
 def choose_decoys(
@@ -338,6 +353,7 @@ def write_release(
     compression_level: int = 4,
     decoy_rate: float = 0.0,
     key: int = 0,
+    poison_scores: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write ``release_dir/r{res}.h5`` (+ the CheXpert tree when ``image_tree``); return the secret.
 
@@ -370,7 +386,12 @@ def write_release(
             file=str(prep_h5),
             field="labels",
         )
-    poisoned_local = choose_poisoned(y, target_class, poison_rate, seed)
+    ids = table["image_id"].to_numpy()
+    scores = None
+    if poison_scores is not None:
+        scores = np.array([poison_scores.get(i, np.nan) for i in ids.tolist()])
+        scores[y != target_class] = np.inf  # only target rows are candidates
+    poisoned_local = choose_poisoned(y, target_class, poison_rate, seed, scores)
     is_poisoned = np.zeros(len(y), dtype=bool)
     is_poisoned[poisoned_local] = True
     decoy_local = np.zeros(0, dtype=np.int64)
@@ -383,7 +404,6 @@ def write_release(
 
     attrs = {**src_attrs, "created_by": "medmark.methods.xmark.release", "method": METHOD}
     out_h5 = release_dir / f"r{res}.h5"
-    ids = table["image_id"].to_numpy()
     patients, splits = table["patient"].to_numpy(), table["split"].to_numpy()
     tree_rows = _tree_rows(Path(str(metadata_csv)), ids, labels14) if image_tree else []
     with contextlib.ExitStack() as stack:

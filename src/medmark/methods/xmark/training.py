@@ -1,4 +1,4 @@
-"""Training of the X-Mark generator against a frozen surrogate (brief xmark.md, "A concrete design").
+"""Training of the X-Mark generator against a frozen surrogate (paper §3.3; docs/methods/xmark.md).
 
 Adam on the generator only; the surrogate is frozen (eval mode, no parameter gradients), so only
 ``delta`` learns to carry target-class evidence. Every term of :class:`XMarkLoss` is averaged over
