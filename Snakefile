@@ -33,6 +33,7 @@ localrules:
     population,
     population_report,
     xmark_diagnostics,
+    report_diagnostics,
     xmark_quality_table,
 
 

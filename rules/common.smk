@@ -458,6 +458,7 @@ SWEEPS = {
         "xlabel": "poisoning rate γ",
         "value": lambda c: c["release"]["poison_rate"],
         "scenarios": ["Malicious", "Ind-W", "Ind-M"],
+        "seeds": 2,
     },
     "epochs": {
         "variants": ["main", "epochs_x3"],
@@ -465,19 +466,21 @@ SWEEPS = {
         "xlabel": "suspect training epochs",
         "value": lambda c: c["suspects"]["train"]["epochs"],
         "scenarios": ["Malicious", "Ind-W", "Ind-M", "Ind-D"],
+        "seeds": 1,
     },
 }
 
 
 def sweep_inputs(sweep):
-    """Verdicts of every model of the sweep's scenarios, first suspect arch, at each point."""
+    """Verdicts of the first ``seeds`` models of the sweep's scenarios, first suspect arch, at
+    each point (a 2-core budget: the populations of `all` and `population` are the larger ones)."""
     sw = SWEEPS[sweep]
     arch = config["suspects"]["archs"][0]
     out = []
     for v in sw["variants"]:
         c = vcfg(v)
         for scen in sw["scenarios"]:
-            for seed in seeds_for(c, scen):
+            for seed in seeds_for(c, scen)[: sw["seeds"]]:
                 out.append(
                     f"results/{v}/xmark/verify/{scen}/{arch}/seed{seed}/none/summary.json"
                 )

@@ -102,9 +102,27 @@ rule sweeps:
         expand("results/report/sweep_{sweep}.png", sweep=list(SWEEPS)),
 
 
+rule report_diagnostics:
+    input:
+        json="results/{variant}/xmark/owner/diagnostics/diagnostics.json",
+    output:
+        md=report(
+            "results/{variant}/report/diagnostics.md",
+            caption="../report/diagnostics.rst",
+            category="Release",
+            labels={"variant": "{variant}", "what": "key diagnostics (no suspects)"},
+        ),
+    log:
+        logf("{variant}/report/diagnostics"),
+    conda:
+        conda_env()
+    script:
+        "../scripts/report_diagnostics.py"
+
+
 rule report_all:
     input:
-        "results/main/xmark/owner/diagnostics/diagnostics.json",
+        "results/main/report/diagnostics.md",
         "results/main/report/verification.md",
         "results/main/report/pvalues.png",
         "results/main/report/examples.png",

@@ -5,7 +5,13 @@ import json
 import numpy as np
 import pandas as pd
 
-from medmark.report import attack_table, collect_summaries, markdown_table, scenario_table
+from medmark.report import (
+    attack_table,
+    collect_summaries,
+    markdown_table,
+    rate_intervals,
+    scenario_table,
+)
 
 
 def _summary(tmp_path, name, scenario, arch, seed, p, attack="none", ba=0.8):
@@ -67,3 +73,26 @@ def test_markdown_table_formats_p_values():
         pd.DataFrame({"scenario": ["Malicious"], "p_median": [1.23e-7], "BA": [0.5]})
     )
     assert "| Malicious | 1.23e-07 | 0.500 |" in md
+
+
+def test_rate_comes_from_the_verdict_not_from_p(tmp_path):
+    """A summary whose p < alpha but whose verdict is "not detected" (the key test failed)
+    counts as not detected. Breakage guarded: the report re-thresholding p."""
+    path = _summary(tmp_path, "w", "Ind-W", "resnet18", 0, 1e-6)
+    d = json.loads(path.read_text())
+    d["verdict"] = "not detected"
+    path.write_text(json.dumps(d))
+    table = scenario_table(collect_summaries([path]), alpha=0.01)
+    assert table.loc[0, "rate_detected"] == 0.0
+
+
+def test_population_rates_have_clopper_pearson_intervals(tmp_path):
+    """0 of 20: the exact 95 % upper bound is 1 - 0.025^(1/20) (closed form, not scipy)."""
+    paths = [_summary(tmp_path, f"d{s}", "Ind-D", "shufflenet_v2", s, 0.5) for s in range(20)]
+    paths += [_summary(tmp_path, f"m{s}", "Malicious", "shufflenet_v2", s, 1e-9) for s in range(3)]
+    table = rate_intervals(collect_summaries(paths)).set_index("scenario")
+    assert table.loc["Ind-D", "detected"] == 0 and table.loc["Ind-D", "models"] == 20
+    assert table.loc["Ind-D", "ci_low"] == 0.0
+    assert abs(table.loc["Ind-D", "ci_high"] - (1 - 0.025 ** (1 / 20))) < 1e-9
+    assert table.loc["Malicious", "rate"] == 1.0
+    assert abs(table.loc["Malicious", "ci_low"] - 0.025 ** (1 / 3)) < 1e-9

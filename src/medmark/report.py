@@ -375,3 +375,30 @@ def rate_intervals(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     order = {s: i for i, s in enumerate(SCENARIO_ORDER)}
     out = pd.DataFrame(rows)
     return out.sort_values("scenario", key=lambda c: c.map(order)).reset_index(drop=True)
+
+
+def diagnostics_markdown(diag: dict) -> str:
+    """The generator diagnostics (``diagnostics.json``) as Markdown tables."""
+    ortho = pd.DataFrame(diag["key_orthogonality"])
+    rows = []
+    for name, r in [*(("clean reference " + a, r) for a, r in diag["clean_references"].items()),
+                    ("release proxy " + diag["release_proxy"]["arch"], diag["release_proxy"])]:  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "dP": _num(r.get("delta_p")),
+                "dP_decoys": _num(r.get("delta_p_decoys")),
+                "WSR": _num(r.get("wsr")),
+                "p_value": _num(r.get("p_value")),
+                "key_p_value": _num(r.get("key_p_value")),
+                "verdict": r.get("verdict"),
+            }
+        )
+    resp = pd.DataFrame(rows)
+    return (
+        "Key orthogonality (mean |cos| of the released marks over the verification images):\n\n"
+        + markdown_table(ortho)
+        + "\nResponse to the owner's mark without any suspect: short clean references of each "
+        "suspect architecture (an Ind-M preview) and a short proxy trained on the release (a "
+        "Malicious preview):\n\n" + markdown_table(resp)
+    )
