@@ -200,7 +200,7 @@ def test_embedded_default_end_to_end(tmp_path):
     for path in (wf / "results/main/xmark/verify").rglob("none/summary.json"):
         d = json.loads(path.read_text())
         verdicts[str(path)] = (d["params"]["scenario"], d["verdict"])
-    assert len(verdicts) >= 30
+    assert len(verdicts) >= 26  # 2 archs x (3 Malicious + 3 Ind-W + 3 Ind-Wp + 2 Ind-D + 2 Ind-M)
     wrong = {p: v for p, v in verdicts.items() if (v[1] == "detected") != (v[0] == "Malicious")}
     assert not wrong, wrong
     diag = json.loads((wf / "results/main/xmark/owner/diagnostics/diagnostics.json").read_text())

@@ -35,6 +35,7 @@ Design choices (documented, ours):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -235,11 +236,12 @@ class XMarkGenerator(nn.Module):
         return self.out(y)[..., :h, :w]
 
     def forward(
-        self, x: torch.Tensor, s: torch.Tensor, carrier_key: int | None = None
+        self, x: torch.Tensor, s: torch.Tensor, carrier_key: int | Sequence[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(x', delta)``; ``delta`` is before clipping, ``x' = clip(x + delta, 0, 1)``.
 
-        ``carrier_key`` marks with another key's carrier (decoys); only for ``keyed`` carriers.
+        ``carrier_key`` marks with another key's carrier (decoys), one key for the batch or one
+        per image; only for ``keyed`` carriers.
         """
         if x.ndim != 4 or x.shape[1] != 1 or s.shape != x.shape:
             raise ValueError(
@@ -247,7 +249,14 @@ class XMarkGenerator(nn.Module):
             )
         u = self.raw(x, s)
         if self.keyed:
-            c = self.carrier(x.shape[-2], x.shape[-1], carrier_key).to(x.device, x.dtype)
+            h, w = x.shape[-2:]
+            if isinstance(carrier_key, Sequence):
+                if len(carrier_key) != x.shape[0]:
+                    raise ValueError(f"{len(carrier_key)} carrier keys for {x.shape[0]} images")
+                c = torch.cat([self.carrier(h, w, int(k)) for k in carrier_key])
+            else:
+                c = self.carrier(h, w, carrier_key)
+            c = c.to(x.device, x.dtype)
             gain = torch.sigmoid(u + self.config.gain_bias)
             delta = self.config.epsilon * self.mask(s) * gain * c
         else:

@@ -158,32 +158,19 @@ def apply_generator(
         raise ValueError(f"saliency shape {np.shape(saliency)} != images shape {images_u8.shape}")
     generator.eval().to(device)
     out = np.empty_like(images_u8)
-    if carrier_keys is not None:
-        if len(carrier_keys) != len(images_u8):
-            raise ValueError(f"{len(carrier_keys)} carrier keys for {len(images_u8)} images")
-        for i, k in enumerate(carrier_keys):
-            out[i] = _apply_one(generator, images_u8[i], saliency[i], int(k), device)[0]
-        return out
+    if carrier_keys is not None and len(carrier_keys) != len(images_u8):
+        raise ValueError(f"{len(carrier_keys)} carrier keys for {len(images_u8)} images")
     for i in range(0, len(images_u8), batch_size):
         x = torch.from_numpy(images_u8[i : i + batch_size]).to(device, torch.float32) / 255.0
         s = torch.from_numpy(np.asarray(saliency[i : i + batch_size], dtype=np.float32))
-        x_wm, _ = generator(x.unsqueeze(1), s.to(device).unsqueeze(1))
+        keys = None if carrier_keys is None else [int(k) for k in carrier_keys[i : i + batch_size]]
+        x_wm, _ = generator(x.unsqueeze(1), s.to(device).unsqueeze(1), keys)
         out[i : i + batch_size] = _quantise(x_wm)
     return out
 
 
 def _quantise(x_wm: torch.Tensor) -> np.ndarray:
     return torch.round(x_wm.squeeze(1) * 255.0).clamp_(0, 255).to(torch.uint8).cpu().numpy()
-
-
-@torch.no_grad()
-def _apply_one(
-    generator: XMarkGenerator, image: np.ndarray, sal: np.ndarray, key: int, device: torch.device
-) -> np.ndarray:
-    x = torch.from_numpy(image[None, None]).to(device, torch.float32) / 255.0
-    s = torch.from_numpy(np.asarray(sal, dtype=np.float32)[None, None]).to(device)
-    x_wm, _ = generator(x, s, carrier_key=key)
-    return _quantise(x_wm)
 
 
 def check_marked(clean_u8: np.ndarray, marked_u8: np.ndarray, where: str) -> dict[str, float]:
@@ -426,7 +413,7 @@ def write_release(
             if dmark.any():
                 maps = _read_maps(saliency_h5, src_rows[dmark])
                 keys = [carrier_of[i] for i in local[dmark].tolist()]
-                marked = apply_generator(generator, images[dmark], maps, 1, device, keys)
+                marked = apply_generator(generator, images[dmark], maps, batch_size, device, keys)
                 _tally(stats["decoys"], check_marked(images[dmark], marked, f"{out_h5} decoys"))
                 images[dmark] = marked
             for k, i in enumerate(local.tolist()):
