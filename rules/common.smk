@@ -287,9 +287,17 @@ def generator_path(wc):
     return f"{generator_dir(wc.variant, wm_key(vcfg(wc.variant), wc.wm))}/model.pt"
 
 
-def diagnostics_train_cfg(c):
-    """The suspects' recipe, shortened to ``diagnostics.epochs``."""
-    return c["suspects"]["train"] | {"epochs": c["diagnostics"]["epochs"]}
+def suspect_train_cfg(c, arch):
+    """The suspects' recipe for ``arch``: ``suspects.train`` with the learning rate of
+    ``suspects.lr_by_arch`` where one is given (depthwise-separable families need a higher one).
+    """
+    lr = c["suspects"]["lr_by_arch"].get(arch)
+    return c["suspects"]["train"] | ({"lr": lr} if lr is not None else {})
+
+
+def diagnostics_train_cfg(c, arch):
+    """The suspects' recipe for ``arch``, shortened to ``diagnostics.epochs``."""
+    return suspect_train_cfg(c, arch) | {"epochs": c["diagnostics"]["epochs"]}
 
 
 def reference_model(c, arch):
@@ -473,7 +481,8 @@ SWEEPS = {
 
 def sweep_inputs(sweep):
     """Verdicts of the first ``seeds`` models of the sweep's scenarios, first suspect arch, at
-    each point (a 2-core budget: the populations of `all` and `population` are the larger ones)."""
+    each point (a 2-core budget: the populations of `all` and `population` are the larger ones).
+    """
     sw = SWEEPS[sweep]
     arch = config["suspects"]["archs"][0]
     out = []

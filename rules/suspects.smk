@@ -25,7 +25,7 @@ rule suspect_watermarked:
     params:
         arch=lambda wc: wc.arch,
         task=config["task"],
-        train_cfg=lambda wc: vcfg(wc.variant)["suspects"]["train"],
+        train_cfg=lambda wc: suspect_train_cfg(vcfg(wc.variant), wc.arch),
         input_resolution=lambda wc: vcfg(wc.variant)["suspects"]["resolution"],
         seed=lambda wc: int(wc.seed),
         device=config["device"],
@@ -61,7 +61,8 @@ rule suspect_clean:
     params:
         arch=lambda wc: wc.arch,
         task=config["task"],
-        train_cfg=lambda wc: config["suspects"]["train"] | {"epochs": int(wc.epochs)},
+        train_cfg=lambda wc: suspect_train_cfg(config, wc.arch)
+        | {"epochs": int(wc.epochs)},
         input_resolution=lambda wc: int(wc.res),
         seed=lambda wc: int(wc.seed),
         device=config["device"],

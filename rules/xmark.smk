@@ -126,7 +126,9 @@ rule xmark_proxy:
     params:
         arch=lambda wc: vcfg(wc.variant)["diagnostics"]["proxy_arch"],
         task=config["task"],
-        train_cfg=lambda wc: diagnostics_train_cfg(vcfg(wc.variant)),
+        train_cfg=lambda wc: diagnostics_train_cfg(
+            vcfg(wc.variant), vcfg(wc.variant)["diagnostics"]["proxy_arch"]
+        ),
         input_resolution=lambda wc: vcfg(wc.variant)["suspects"]["resolution"],
         seed=config["seed"],
         device=config["device"],
@@ -156,7 +158,7 @@ rule reference_clean:
     params:
         arch=lambda wc: wc.arch,
         task=config["task"],
-        train_cfg=diagnostics_train_cfg(config),
+        train_cfg=lambda wc: diagnostics_train_cfg(config, wc.arch),
         input_resolution=lambda wc: int(wc.res),
         seed=config["seed"],
         device=config["device"],
