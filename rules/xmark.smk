@@ -28,6 +28,7 @@ rule xmark_generator:
         surrogate_resolution=config["surrogate"]["resolution"],
         device=config["device"],
         last="results/{variant}/xmark/key{key}/generator/last.pt",
+        on_degenerate=config["surrogate"]["on_degenerate"],
     script:
         "../scripts/xmark_generator.py"
 

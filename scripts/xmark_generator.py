@@ -18,4 +18,5 @@ with script_logging(snakemake.log[0]):
         out_model=snakemake.output.model,
         out_loss=snakemake.output.loss,
         last=p.last,
+        on_degenerate=p.on_degenerate,
     )

@@ -92,6 +92,14 @@ def _mark(u8: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def _decoy_marks(u8: np.ndarray) -> np.ndarray:
+    """Two decoy marks of the same energy in the top-right and bottom-left corners (K, m, R, R)."""
+    out = np.stack([u8.astype(np.int16)] * 2)
+    out[0, :, :PATCH, -PATCH:] += 50
+    out[1, :, -PATCH:, :PATCH] += 50
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 @pytest.fixture(scope="module")
 def owner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An owner directory as the X-Mark release stage writes it (verification.md contract)."""
@@ -115,6 +123,7 @@ def owner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with h5py.File(d / "verification.h5", "w") as h5:
         h5["clean"] = clean
         h5["watermarked"] = _mark(clean)
+        h5["decoys"] = _decoy_marks(clean)
         h5.create_dataset(
             "ids",
             data=[f"patient{i:05d}/study1/view1_frontal" for i in range(M)],

@@ -313,14 +313,19 @@ def test_laplacian_term_lowers_high_frequency_share(tmp_path: Path) -> None:
         "batch_size": 16,
         "lr": 0.01,
         "laplacian": {"relative": False},
+        # the paper's generator as measured before the keyed carrier: free pattern, m = S, no
+        # clean-model silence (a keyed carrier's frequencies are fixed by the key, so the
+        # Laplacian term can only shape its gain there)
         "carrier": {"kind": "free"},
+        "mask": "soft",
+        "lambdas": {"silence": 0.0},
     }
     share, qshare = {}, {}
     for name, lap in (("default", 1.0), ("no_laplacian", 0.0)):
         gen = train_generator(
             data,
             build_classifier("resnet18", seed=0),
-            {**cfg, "lambdas": {"lap": lap}},
+            {**cfg, "lambdas": {"silence": 0.0, "lap": lap}},
             key=1,
             device=CPU,
             last_path=tmp_path / f"{name}.pt",

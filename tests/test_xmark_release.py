@@ -348,3 +348,36 @@ def test_decoys_mark_non_target_rows_with_other_keys_and_verification_holds_them
     assert dec.shape == (3, *wm.shape) and dec.dtype == np.uint8
     for k in range(3):
         assert (dec[k] != cl).any() and (dec[k] != wm).any()
+
+
+class _Constant(nn.Module):
+    """A 'classifier' that always answers ``logits`` (a degenerate surrogate when one-sided)."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1)
+
+
+class _Brightness(nn.Module):
+    """Predicts class 1 for bright images: both classes on the fixture's test split."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([0.5 - m, m - 0.5], dim=1) * 10
+
+
+def test_degenerate_surrogate_is_refused(dataset: dict[str, Path]) -> None:
+    """Guard: a surrogate answering one class on the whole test split stops the generator stage
+    (breakage guarded: the check skipped, or run on a split where both classes come out)."""
+    from medmark.stages.xmark import check_surrogate
+
+    with pytest.raises(ValueError, match="degenerate surrogate: it predicts class 0 for all 8"):
+        check_surrogate(_Constant([2.0, -2.0]), dataset["prep"], TASK, R, CPU, where="s.pt")
+    counts = check_surrogate(
+        _Constant([2.0, -2.0]), dataset["prep"], TASK, R, CPU, where="s.pt", on_degenerate="warn"
+    )
+    assert counts == {0: 8}
+    assert len(check_surrogate(_Brightness(), dataset["prep"], TASK, R, CPU, where="s.pt")) == 2

@@ -238,8 +238,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         raise DataFormatError(f"cannot write the verdict: {e}", file=str(args.out)) from e
     flags = f" flags={','.join(summary['flags'])}" if summary["flags"] else ""
     print(
-        f"{summary['verdict']} ({summary['verdict_rule']}): {summary['test']} "
-        f"p={summary['p_value']:.3g} key_p={_key_p(summary)} "
+        f"{summary['verdict']}: {summary['test']} p={summary['p_value']:.3g} "
+        f"key_p={_key_p(summary)} rule={summary['verdict_rule'].replace(' ', '_')} "
         f"log10p={summary['log10_p']:.2f} dP={summary['delta_p']:.3f} wsr={summary['wsr']:.3f} "
         f"m={summary['m']} tau={tau:g} alpha={alpha:g}{flags} -> {args.out}"
     )

@@ -48,6 +48,7 @@ def generator_stage(
     out_model: str | Path,
     out_loss: str | Path,
     last: str | Path,
+    on_degenerate: str = "error",
 ) -> None:
     """Train the generator with key ``key`` (resumable) and save it atomically."""
     set_threads(threads)
@@ -56,7 +57,15 @@ def generator_stage(
     data = WithSaliency(labeled_split(prep_h5, task, "release"), saliency_h5)
     log.info("generator key %d on %d release images of %s", key, len(data), prep_h5)
     surrogate = load_classifier(surrogate_path)
-    check_surrogate(surrogate, prep_h5, task, surrogate_resolution, dev, where=str(surrogate_path))
+    check_surrogate(
+        surrogate,
+        prep_h5,
+        task,
+        surrogate_resolution,
+        dev,
+        where=str(surrogate_path),
+        on_degenerate=on_degenerate,
+    )
     generator = train_generator(
         data,
         surrogate,
@@ -78,11 +87,14 @@ def check_surrogate(
     input_resolution: int,
     device: torch.device,
     where: str,
+    on_degenerate: str = "error",
 ) -> dict[str, int]:
     """Refuse a degenerate surrogate: one that predicts a single class on the whole test split.
 
     Its EigenCAM maps and its diagnosis/silence terms would then carry no information about the
-    task, and the release would be shaped by noise. Returns the predicted-class counts.
+    task, and the release would be shaped by noise. ``on_degenerate="warn"`` (config
+    ``surrogate.on_degenerate``, used only by the tiny smoke-test preset whose test split has 8
+    images) logs the same message as a warning instead. Returns the predicted-class counts.
     """
     test = labeled_split(prep_h5, task, "test")
     images = read_images(prep_h5, test.images.rows)
@@ -91,11 +103,14 @@ def check_surrogate(
     ).argmax(axis=1)
     counts = {int(c): int((pred == c).sum()) for c in np.unique(pred)}
     if len(counts) < 2:
-        raise ValueError(
+        msg = (
             f"{where}: degenerate surrogate: it predicts class {next(iter(counts))} for all "
             f"{len(pred)} test images of {prep_h5} (task {task['target_observation']}); train it "
             "longer (surrogate.train.epochs) or check the labels before watermarking"
         )
+        if on_degenerate != "warn":
+            raise ValueError(msg)
+        log.warning("%s (surrogate.on_degenerate: warn)", msg)
     return counts
 
 
