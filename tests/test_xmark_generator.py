@@ -343,3 +343,15 @@ def test_laplacian_term_lowers_high_frequency_share(tmp_path: Path) -> None:
         qshare[name] = q["hf_share_pooled"]
     assert share["no_laplacian"] > 3 * share["default"], share
     assert qshare["no_laplacian"] > qshare["default"], qshare
+
+
+def test_saved_generator_bytes_do_not_depend_on_the_file_name(tmp_path: Path) -> None:
+    """owner.json records generator.pt's sha256: identical runs (local or through Slurm) must
+    write identical bytes. Breakage guarded: torch.save straight to the atomic temp path, whose
+    random name ends up inside the zip archive."""
+    from medmark.io import sha256_file
+
+    gen = XMarkGenerator(base_channels=4, depth=2, key=1, seed=0)
+    save_generator(gen, tmp_path / "a.pt", {"key": 1})
+    save_generator(gen, tmp_path / "other_name.pt", {"key": 1})
+    assert sha256_file(tmp_path / "a.pt") == sha256_file(tmp_path / "other_name.pt")

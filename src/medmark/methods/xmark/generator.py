@@ -34,6 +34,7 @@ Design choices (documented, ours):
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -281,8 +282,13 @@ def save_generator(
         "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
         "meta": meta or {},
     }
+    # Through a buffer: torch.save names the zip's inner folder after the file, and the atomic
+    # temp name is random, so saving to the path would make the bytes (and the sha256 that
+    # owner.json records) differ between identical runs.
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        Path(tmp).write_bytes(buf.getvalue())
 
 
 def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> XMarkGenerator:

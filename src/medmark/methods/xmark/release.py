@@ -587,7 +587,10 @@ def write_owner_dir(
     if resolution not in sources:
         raise ValueError(f"sources must include the generator resolution {resolution}")
     gen_path = owner_dir / "generator.pt"
-    save_generator(generator, gen_path, {**(generator_meta or {}), "key": int(key)})
+    # No wall-clock data in the secret: its sha256 (in owner.json) must be the same on every
+    # run and executor (the per-epoch history with its timings stays in the generator's loss.csv).
+    meta = {k: v for k, v in (generator_meta or {}).items() if k != "history"}
+    save_generator(generator, gen_path, {**meta, "key": int(key)})
     verification: dict[str, Any] = {}
     for res in sorted(sources):
         prep, sal = sources[res]
