@@ -720,3 +720,30 @@ def test_python_dash_m_medmark(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "--owner-dir" in proc.stdout and "--channels" in proc.stdout
+
+
+@pytest.mark.parametrize(("corner", "verdict"), [("tl", "detected"), ("br", "not detected")])
+def test_verification_stage_wiring(
+    owner_dir: Path, tmp_path: Path, corner: str, verdict: str
+) -> None:
+    """The pipeline's verification stage on known suspects, in seconds: the owner-mark responder
+    is detected, the other is not, and the files are written. Breakage guarded: clean and
+    watermarked inputs swapped in ``stages/verification.py`` (the responder is then missed),
+    or the decoys / key_tau not passed (the verdict rule then differs)."""
+    from medmark.stages.verification import run_verification
+    from medmark.verify import TorchBlackBox
+
+    bb = TorchBlackBox(PatchModel(corner), device=torch.device("cpu"), batch_size=8)
+    summary = run_verification(
+        blackbox=bb,
+        owner_json=owner_dir / "owner.json",
+        verification_h5=owner_dir / "verification.h5",
+        verify_cfg={"tau": 0.2, "alpha": 0.01, "key_tau": 0.1},
+        labels={"scenario": "test", "arch": corner},
+        out_summary=tmp_path / "summary.json",
+        out_per_image=tmp_path / "per_image.csv",
+    )
+    assert summary["verdict"] == verdict
+    assert summary["verdict_rule"] == "tau_test and key_test" and summary["key_tau"] == 0.1
+    assert json.loads((tmp_path / "summary.json").read_text())["verdict"] == verdict
+    assert (tmp_path / "per_image.csv").stat().st_size > 0
