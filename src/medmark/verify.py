@@ -505,6 +505,14 @@ def _check_tau_alpha(tau: float, alpha: float) -> None:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
 
 
+def _undefined(test: str, flag: str, common: Mapping[str, Any]) -> TestResult:
+    """A test whose statistic is undefined: NaN statistic and p, not significant, ``flag``."""
+    nan = float("nan")
+    return TestResult(
+        test=test, statistic=nan, p_value=nan, log10_p=nan, significant=False, flag=flag, **common
+    )
+
+
 def t_log10_sf(stat: float, df: float) -> float:
     """``log10 P(T > stat)`` for Student's t with ``df`` degrees of freedom, without underflow.
 
@@ -750,19 +758,10 @@ def hard_label_test(
     c = int(np.sum(~u & v))
     rate_wm, rate_clean = float(u.mean()), float(v.mean())
     mean_diff = rate_wm - rate_clean
-    nan = float("nan")
     common = dict(n=m, mean_diff=mean_diff, tau=tau, alpha=alpha, df=None)
     z = float(tango_score(b, c, m, tau))
     if math.isnan(z):
-        main = TestResult(
-            test="paired_margin_score_exact",
-            statistic=nan,
-            p_value=nan,
-            log10_p=nan,
-            significant=False,
-            flag=FLAG_ALL_ZERO,
-            **common,
-        )
+        main = _undefined("paired_margin_score_exact", FLAG_ALL_ZERO, common)
     else:
         log_p = _exact_unconditional_log_p(b, c, m, tau)
         p = math.exp(log_p)
@@ -777,15 +776,7 @@ def hard_label_test(
         )
     d = u.astype(np.float64) - v.astype(np.float64) - tau
     if np.all(d == 0.0):
-        wil = TestResult(
-            test="dvbw_wilcoxon_signed_rank",
-            statistic=nan,
-            p_value=nan,
-            log10_p=nan,
-            significant=False,
-            flag=FLAG_ALL_ZERO,
-            **common,
-        )
+        wil = _undefined("dvbw_wilcoxon_signed_rank", FLAG_ALL_ZERO, common)
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

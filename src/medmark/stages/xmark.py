@@ -257,30 +257,36 @@ def diagnostics_stage(
     """Key orthogonality, clean references' and the release proxy's response (no suspects)."""
     from medmark.io import write_json_atomic
     from medmark.methods.xmark.diagnostics import key_orthogonality, model_response
+    from medmark.verify import load_owner_verification
 
     set_threads(threads)
     dev = resolve_device(device)
-    common = {
-        "resolution": resolution,
+    dirs = {"owner": Path(owner_dir), **{k: Path(v) for k, v in indep_owner_dirs.items()}}
+    owners = {n: load_owner_verification(d, resolution=resolution) for n, d in dirs.items()}
+    tests = {
         "input_resolution": input_resolution,
         "tau": float(verify_cfg["tau"]),
         "key_tau": float(verify_cfg["key_tau"]),
         "alpha": float(verify_cfg["alpha"]),
         "device": dev,
     }
-    dirs = {"owner": Path(owner_dir), **{k: Path(v) for k, v in indep_owner_dirs.items()}}
+    proxy = load_classifier(proxy_model)
     out = {
-        "key_orthogonality": key_orthogonality(dirs, resolution),
+        "key_orthogonality": key_orthogonality(owners),
         "clean_references": {
-            arch: model_response(load_classifier(p), Path(owner_dir), **common)
+            arch: model_response(load_classifier(p), owners["owner"], **tests)
             for arch, p in sorted(reference_models.items())
         },
         "release_proxy": {
             "model": str(proxy_model),
-            "arch": load_classifier(proxy_model).arch,
-            **model_response(load_classifier(proxy_model), Path(owner_dir), **common),
+            "arch": proxy.arch,
+            **model_response(proxy, owners["owner"], **tests),
         },
-        "params": {**{k: v for k, v in common.items() if k != "device"}, "device": str(dev)},
+        "params": {
+            **{k: v for k, v in tests.items() if k != "device"},
+            "resolution": resolution,
+            "device": str(dev),
+        },
     }
     write_json_atomic(out_json, out)
     log.info("diagnostics: %s", out)

@@ -17,32 +17,26 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from medmark.methods.xmark.carrier import mean_abs_cosine
-from medmark.verify import TorchBlackBox, load_owner_verification, verify_suspect
+from medmark.verify import OwnerVerification, TorchBlackBox, verify_suspect
 
 
-def _deltas(owner_dir: Path, resolution: int) -> np.ndarray:
-    ov = load_owner_verification(owner_dir, resolution=resolution)
-    return ov.watermarked - ov.clean
+def key_orthogonality(
+    owners: Mapping[str, OwnerVerification],
+) -> list[dict[str, Any]]:
+    """Mean |cos| of the released marks for every pair of ``owners`` (name -> loaded material).
 
-
-def key_orthogonality(owner_dirs: Mapping[str, Path], resolution: int) -> list[dict[str, Any]]:
-    """Mean |cos| of the released marks for every pair of ``owner_dirs`` (name -> owner dir).
-
-    All owner directories must hold the same verification images (same ids, same order).
+    All must hold the same verification images (same ids, same order).
     """
-    ids = {n: load_owner_verification(d, resolution=resolution).ids for n, d in owner_dirs.items()}
-    first = next(iter(ids.values()))
-    bad = [n for n, v in ids.items() if v != first]
+    first = next(iter(owners.values())).ids
+    bad = [n for n, ov in owners.items() if ov.ids != first]
     if bad:
         raise ValueError(f"owner dirs {bad} hold other verification images than the first")
-    deltas = {n: _deltas(Path(d), resolution) for n, d in owner_dirs.items()}
+    deltas = {n: ov.watermarked - ov.clean for n, ov in owners.items()}
     return [
         {"a": a, "b": b, "mean_abs_cos": mean_abs_cosine(deltas[a], deltas[b])}
         for a, b in itertools.combinations(deltas, 2)
@@ -51,17 +45,15 @@ def key_orthogonality(owner_dirs: Mapping[str, Path], resolution: int) -> list[d
 
 def model_response(
     model: torch.nn.Module,
-    owner_dir: Path,
+    ov: OwnerVerification,
     *,
-    resolution: int,
     input_resolution: int,
     tau: float,
     key_tau: float,
     alpha: float,
     device: torch.device,
 ) -> dict[str, Any]:
-    """ΔP, WSR, key contrast and verdict of one model queried with ``owner_dir``'s marks."""
-    ov = load_owner_verification(owner_dir, resolution=resolution)
+    """ΔP, WSR, key contrast and verdict of one model queried with the owner's marks ``ov``."""
     bb = TorchBlackBox(model, device=device, batch_size=128, input_resolution=input_resolution)
     summary, _ = verify_suspect(
         bb,
