@@ -158,3 +158,30 @@ def test_release_only_ablation_reuses_the_main_generator(wf):
     assert "results/poison_020/xmark/owner/release/r64.h5" in out
     assert "results/poison_020/xmark/key1/generator/" not in out  # no retraining
     assert "results/main/xmark/key1/generator/model.pt" in out
+
+
+@pytest.mark.snakemake
+def test_per_arch_recipe_reaches_the_clean_suspects(wf, tmp_path):
+    """``suspects.train_by_arch`` overrides ``suspects.train`` for its family only; the clean
+    suspects' shared path carries the epochs each family actually trains (a per-arch recipe
+    that never reached the rules would leave every path at the common epochs)."""
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())
+    common = schema["definitions"]["train"]["properties"]["epochs"]["default"]
+    common = cfg["suspects"].get("train", {}).get("epochs", common)
+    by_arch = cfg["suspects"]["train_by_arch"]
+    out = run_snakemake(wf, "-n", "--cores", "2", "all").stdout
+    for arch in cfg["suspects"]["archs"]:
+        ep = by_arch.get(arch, {}).get("epochs", common)
+        assert f"results/clean_suspects/Ind-M/{arch}/r64_from64_e{ep}/seed0/" in out, arch
+    overlay = tmp_path / "recipe.yaml"
+    overlay.write_text(yaml.safe_dump({"suspects": {"train_by_arch": {"resnet18": {"epochs": 9}}}}))
+    out = run_snakemake(wf, "-n", "--cores", "2", "all", "--configfile", str(overlay)).stdout
+    assert "results/clean_suspects/Ind-M/resnet18/r64_from64_e9/seed0/" in out
+    # overlays merge key by key: ShuffleNetV2 keeps its own recipe
+    ep = by_arch["shufflenet_v2"]["epochs"]
+    assert f"results/clean_suspects/Ind-M/shufflenet_v2/r64_from64_e{ep}/seed0/" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"suspects": {"train_by_arch": {"vgg": {"epochs": 9}}}}))
+    proc = run_snakemake(wf, "-n", "--cores", "1", "all", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0 and "train_by_arch" in proc.stdout
