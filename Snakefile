@@ -4,6 +4,7 @@
 
 
 include: "rules/common.smk"
+include: "rules/provenance.smk"
 include: "rules/data.smk"
 include: "rules/saliency.smk"
 include: "rules/xmark.smk"
