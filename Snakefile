@@ -36,6 +36,7 @@ localrules:
     xmark_diagnostics,
     report_diagnostics,
     xmark_quality_table,
+    report_provenance,
 
 
 from medmark.cluster import (
@@ -57,3 +58,4 @@ rule all:
         rules.xmark_all.input,
         rules.verify_all.input,
         rules.report_all.input,
+        "results/report/provenance.md",

@@ -133,6 +133,7 @@ def code_hash(script: str | os.PathLike[str], package_dir: str | os.PathLike[str
 def git_state(repo: str | os.PathLike[str]) -> dict[str, Any]:
     """``commit``, ``dirty`` and (when dirty) the sha256 of ``git diff HEAD`` of ``repo``;
     ``commit`` is None outside a git checkout."""
+
     def git(*args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
 
@@ -161,9 +162,10 @@ def library_versions(names: Iterable[str] = LIBRARIES) -> dict[str, str | None]:
 
 
 def config_files(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """sha256 of each config file of the run (None: missing), as named in ``CONFIGFILES_VAR``."""
+    """sha256 of each config file of the run (None: missing), as named in ``CONFIGFILES_VAR``
+    (relative to the working directory when inside it)."""
     env = os.environ if environ is None else environ
-    names = [n for n in env.get(CONFIGFILES_VAR, "").split(os.pathsep) if n]
+    names = [_rel(n, Path.cwd()) for n in env.get(CONFIGFILES_VAR, "").split(os.pathsep) if n]
     return {n: sha256_file(n) if Path(n).is_file() else None for n in names}
 
 
@@ -219,13 +221,15 @@ def job_record(
     start: datetime,
     end: datetime,
     threads: int | None = None,
+    package_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """The record of one finished job (module docstring); paths relative to the working dir."""
+    """The record of one finished job (module docstring); paths relative to the working dir.
+    ``package_dir``: the package the job ran (default: this one)."""
     from medmark.cluster import package_source_hash
 
     outputs = list(dict.fromkeys(outputs))
     extra = [p for p in undeclared_outputs(rule, params) if p not in outputs]
-    package = Path(__file__).parent
+    package = Path(package_dir) if package_dir is not None else Path(__file__).parent
     seeds = {k: v for k, v in params.items() if "seed" in k and isinstance(v, int)}
     seeds["config.seed"] = config.get("seed")
     code: dict[str, Any] = {
@@ -263,14 +267,13 @@ def now() -> datetime:
 
 
 def script_path(job: Any) -> Path | None:
-    """The original script of a Snakemake ``script:`` job: Snakemake runs a copy named
-    ``.snakemake/scripts/tmpXXXX.<name>`` whose ``<name>`` is the script's file name."""
+    """The original script of a Snakemake ``script:`` job: Snakemake runs a copy of it with
+    ``__file__`` set to the original's real path (``snakemake/script``'s preamble)."""
     main = sys.modules.get("__main__")
-    name = Path(getattr(main, "__file__", "") or "").name
-    scriptdir = getattr(job, "scriptdir", None)
-    if not name.startswith("tmp") or "." not in name or scriptdir is None:
+    name = getattr(main, "__file__", None)
+    if getattr(main, "snakemake", None) is not job or not name:
         return None
-    path = Path(scriptdir) / name.split(".", 1)[1]
+    path = Path(name)
     return path if path.is_file() else None
 
 
