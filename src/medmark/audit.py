@@ -33,14 +33,12 @@ from typing import Any
 
 from medmark.errors import DataFormatError
 from medmark.io import sha256_file, write_json_atomic
-from medmark.provenance import PROVENANCE_DIR, SCHEMA, code_hash, sha256_tree
+from medmark.provenance import PROVENANCE_DIR, SCHEMA, SNAKEMAKE_FILES, code_hash, sha256_tree
 
 SKIPPED_DIRS = frozenset({PROVENANCE_DIR, "logs", "benchmarks"})
 """Top-level folders of ``results/`` that no record covers: the records, job logs, timings."""
 SKIPPED_FILES = frozenset({"audit.json", "report.html"})
 """Top-level files written outside any job (this audit, ``snakemake --report``)."""
-IGNORED_NAMES = frozenset({".snakemake_timestamp"})
-"""Files Snakemake itself adds into ``directory()`` outputs."""
 MODEL_SUFFIXES = frozenset({".pt", ".pth", ".onnx", ".ckpt", ".safetensors"})
 RTOL, ATOL = 1e-9, 1e-12
 """Tolerance of a re-derived number against ``summary.json`` (the CSV holds full-precision
@@ -125,7 +123,7 @@ def _walk(results: Path) -> Iterator[Path]:
             files = [f for f in files if f not in SKIPPED_FILES]
         dirs.sort()
         for f in sorted(files):
-            if f not in IGNORED_NAMES:
+            if f not in SNAKEMAKE_FILES:
                 yield r / f
 
 

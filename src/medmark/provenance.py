@@ -40,6 +40,8 @@ UNDECLARED_PARAMS = ("last",)
 UNDECLARED_DIRS = {"xmark_release": ("release_dir", "CheXpert-v1.0-small-xmark")}
 """Rule -> (param, sub-folder): undeclared folders a job writes (the release's image tree)."""
 PACKAGE = "medmark"
+SNAKEMAKE_FILES = frozenset({".snakemake_timestamp"})
+"""Files Snakemake adds into a ``directory()`` output after the job: not part of its digest."""
 OUTPUT_NEUTRAL = frozenset({"medmark.logs", "medmark.provenance"})
 """Modules every script imports that never change an output (logging, these records): left out
 of :func:`code_files` so that editing them does not invalidate cached outputs."""
@@ -50,13 +52,14 @@ of :func:`code_files` so that editing them does not invalidate cached outputs.""
 
 def sha256_tree(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Digest of a file or a directory: a directory hashes its files' relative paths and
-    contents in sorted order (symlinks followed), so equal trees give equal digests."""
+    contents in sorted order (symlinks followed; :data:`SNAKEMAKE_FILES` left out), so equal
+    trees give equal digests."""
     p = Path(path)
     if not p.is_dir():
         return {"sha256": sha256_file(p), "size": p.stat().st_size}
     h = hashlib.sha256()
     n = size = 0
-    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+    for f in sorted(q for q in p.rglob("*") if q.is_file() and q.name not in SNAKEMAKE_FILES):
         h.update(f.relative_to(p).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\0")
         n += 1
         size += f.stat().st_size
