@@ -43,6 +43,7 @@ def test_dry_run_lists_every_stage(wf):
         "xmark_proxy",
         "reference_clean",
         "xmark_diagnostics",
+        "report_provenance",
     ):
         assert jobs.get(rule, 0) >= 1, rule
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
