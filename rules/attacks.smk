@@ -20,7 +20,7 @@ rule attack_model:
         attack=MODEL_ATTACK_REGEX,
     conda:
         conda_env()
-    threads: 2
+    threads: config["train_threads"]
     resources:
         mem_mb=8000,
         runtime=lambda wc, attempt: 60 * attempt,

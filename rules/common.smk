@@ -288,11 +288,10 @@ def generator_path(wc):
 
 
 def suspect_train_cfg(c, arch):
-    """The suspects' recipe for ``arch``: ``suspects.train`` with the learning rate of
-    ``suspects.lr_by_arch`` where one is given (depthwise-separable families need a higher one).
+    """The suspects' recipe for ``arch``: ``suspects.train`` updated by ``suspects.train_by_arch``
+    (ShuffleNetV2's depthwise-separable blocks need a higher rate and more epochs).
     """
-    lr = c["suspects"]["lr_by_arch"].get(arch)
-    return c["suspects"]["train"] | ({"lr": lr} if lr is not None else {})
+    return c["suspects"]["train"] | c["suspects"]["train_by_arch"].get(arch, {})
 
 
 def diagnostics_train_cfg(c, arch):
@@ -343,7 +342,7 @@ def suspect_model(variant, method, scenario, arch, seed):
     c = vcfg(variant)
     if scenario in CLEAN_SPLIT:
         res, dres = c["suspects"]["resolution"], suspect_data_res(c)
-        ep = c["suspects"]["train"]["epochs"]
+        ep = suspect_train_cfg(c, arch)["epochs"]
         return f"results/clean_suspects/{scenario}/{arch}/r{res}_from{dres}_e{ep}/seed{seed}/model.pt"
     return f"results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/model.pt"
 
@@ -472,7 +471,9 @@ SWEEPS = {
         "variants": ["main", "epochs_x3"],
         "column": "epochs",
         "xlabel": "suspect training epochs",
-        "value": lambda c: c["suspects"]["train"]["epochs"],
+        "value": lambda c: suspect_train_cfg(c, config["suspects"]["archs"][0])[
+            "epochs"
+        ],
         "scenarios": ["Malicious", "Ind-W", "Ind-M", "Ind-D"],
         "seeds": 1,
     },

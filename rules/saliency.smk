@@ -13,7 +13,7 @@ rule surrogate:
     cache: "omit-software"
     conda:
         conda_env()
-    threads: 2
+    threads: config["train_threads"]
     resources:
         mem_mb=8000,
         runtime=lambda wc, attempt: 60 * attempt,

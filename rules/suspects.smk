@@ -19,7 +19,7 @@ rule suspect_watermarked:
         scenario="Malicious|Ind-W",
     conda:
         conda_env()
-    threads: 2
+    threads: config["train_threads"]
     resources:
         **suspect_resources(),
     params:
@@ -55,7 +55,7 @@ rule suspect_clean:
     cache: "omit-software"
     conda:
         conda_env()
-    threads: 2
+    threads: config["train_threads"]
     resources:
         **suspect_resources(),
     params:

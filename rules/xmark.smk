@@ -15,7 +15,7 @@ rule xmark_generator:
     cache: "omit-software"
     conda:
         conda_env()
-    threads: 2
+    threads: config["train_threads"]
     resources:
         mem_mb=8000,
         runtime=lambda wc, attempt: 120 * attempt,
@@ -71,7 +71,9 @@ rule xmark_release:
         working_resolution=xres,
         release_dir="results/{variant}/xmark/{wm}/release",
         owner_dir="results/{variant}/xmark/{wm}/owner",
-        release_cfg=lambda wc: vcfg(wc.variant)["release"],
+        # An independent key's release only feeds Ind-W suspects, which read its HDF5: no tree.
+        release_cfg=lambda wc: vcfg(wc.variant)["release"]
+        | ({} if wc.wm == "owner" else {"image_tree": False}),
         verify_cfg=lambda wc: vcfg(wc.variant)["verify"],
         decoys=lambda wc: vcfg(wc.variant)["xmark"]["decoys"],
         surrogate_resolution=config["surrogate"]["resolution"],
@@ -122,7 +124,7 @@ rule xmark_proxy:
         logf("{variant}/xmark/owner/proxy"),
     conda:
         conda_env()
-    threads: 2
+    threads: config["train_threads"]
     resources:
         **suspect_resources(),
     params:
@@ -154,7 +156,7 @@ rule reference_clean:
     cache: "omit-software"
     conda:
         conda_env()
-    threads: 2
+    threads: config["train_threads"]
     resources:
         **suspect_resources(),
     params:

@@ -14,6 +14,23 @@ def wf(tmp_path_factory):
     return copy_workflow(tmp_path_factory.mktemp("wf"))
 
 
+@pytest.fixture(scope="module")
+def dry_all(wf):
+    """The dry run of `all` on the embedded default (one Snakemake start for the tests that read it)."""
+    return run_snakemake(wf, "-n", "--cores", "2", "all").stdout
+
+
+#: Overlays whose targets are planned together (one Snakemake start): each test reads its own
+#: variant's paths, which no other target of the list plans.
+PLANNED_TOGETHER = ("free_mark", "mask_soft", "no_silence", "no_decoys", "epochs_x3", "poison_020")
+
+
+@pytest.fixture(scope="module")
+def dry_ablations(wf):
+    targets = [f"ablation_{name}" for name in PLANNED_TOGETHER]
+    return run_snakemake(wf, "-n", "--cores", "2", *targets).stdout
+
+
 def _jobs(out: str) -> dict[str, int]:
     """Job counts from the dry-run's 'Job stats' table."""
     table = out.split("Job stats:")[1].split("\n\n")[0]
@@ -21,9 +38,8 @@ def _jobs(out: str) -> dict[str, int]:
 
 
 @pytest.mark.snakemake
-def test_dry_run_lists_every_stage(wf):
-    out = run_snakemake(wf, "-n", "--cores", "2", "all").stdout
-    jobs = _jobs(out)
+def test_dry_run_lists_every_stage(dry_all):
+    jobs = _jobs(dry_all)
     for rule in (
         "synthesize",
         "ingest",
@@ -112,9 +128,9 @@ def test_ablation_target_plans_only_its_branch(wf):
         ("epochs_x3", False),
     ],
 )
-def test_new_ablation_overlays_plan(wf, name, own_generator):
+def test_new_ablation_overlays_plan(dry_ablations, name, own_generator):
     """Each overlay that turns an extension off builds; release-only ones reuse main's generator."""
-    out = run_snakemake(wf, "-n", "--cores", "2", f"ablation_{name}").stdout
+    out = dry_ablations
     assert f"results/{name}/xmark/owner/release/r64.h5" in out
     assert (f"results/{name}/xmark/key1/generator/model.pt" in out) is own_generator
 
@@ -154,8 +170,35 @@ def test_every_ablation_overlay_has_a_target():
 
 
 @pytest.mark.snakemake
-def test_release_only_ablation_reuses_the_main_generator(wf):
-    out = run_snakemake(wf, "-n", "--cores", "2", "ablation_poison_020").stdout
+def test_release_only_ablation_reuses_the_main_generator(dry_ablations):
+    out = dry_ablations
     assert "results/poison_020/xmark/owner/release/r64.h5" in out
     assert "results/poison_020/xmark/key1/generator/" not in out  # no retraining
     assert "results/main/xmark/key1/generator/model.pt" in out
+
+
+@pytest.mark.snakemake
+def test_per_arch_recipe_reaches_the_clean_suspects(wf, dry_all, tmp_path):
+    """``suspects.train_by_arch`` overrides ``suspects.train`` for its family only; the clean
+    suspects' shared path carries the epochs each family actually trains (a per-arch recipe
+    that never reached the rules would leave every path at the common epochs)."""
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())
+    common = schema["definitions"]["train"]["properties"]["epochs"]["default"]
+    common = cfg["suspects"].get("train", {}).get("epochs", common)
+    by_arch = cfg["suspects"]["train_by_arch"]
+    out = dry_all
+    for arch in cfg["suspects"]["archs"]:
+        ep = by_arch.get(arch, {}).get("epochs", common)
+        assert f"results/clean_suspects/Ind-M/{arch}/r64_from64_e{ep}/seed0/" in out, arch
+    overlay = tmp_path / "recipe.yaml"
+    overlay.write_text(yaml.safe_dump({"suspects": {"train_by_arch": {"resnet18": {"epochs": 9}}}}))
+    out = run_snakemake(wf, "-n", "--cores", "2", "all", "--configfile", str(overlay)).stdout
+    assert "results/clean_suspects/Ind-M/resnet18/r64_from64_e9/seed0/" in out
+    # overlays merge key by key: ShuffleNetV2 keeps its own recipe
+    ep = by_arch["shufflenet_v2"]["epochs"]
+    assert f"results/clean_suspects/Ind-M/shufflenet_v2/r64_from64_e{ep}/seed0/" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"suspects": {"train_by_arch": {"vgg": {"epochs": 9}}}}))
+    proc = run_snakemake(wf, "-n", "--cores", "1", "all", "--configfile", str(bad), check=False)
+    assert proc.returncode != 0 and "train_by_arch" in proc.stdout
