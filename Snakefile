@@ -4,6 +4,7 @@
 
 
 include: "rules/common.smk"
+include: "rules/provenance.smk"
 include: "rules/data.smk"
 include: "rules/saliency.smk"
 include: "rules/xmark.smk"
@@ -35,6 +36,7 @@ localrules:
     xmark_diagnostics,
     report_diagnostics,
     xmark_quality_table,
+    report_provenance,
 
 
 from medmark.cluster import (
@@ -56,3 +58,4 @@ rule all:
         rules.xmark_all.input,
         rules.verify_all.input,
         rules.report_all.input,
+        "results/report/provenance.md",

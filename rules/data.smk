@@ -12,6 +12,7 @@ rule synthesize:
     params:
         preset=config["data"]["synthetic"]["preset"],
         seed=config["data"]["synthetic"]["seed"],
+        code=script_code("synthesize"),
     script:
         "../scripts/synthesize.py"
 

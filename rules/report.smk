@@ -167,3 +167,38 @@ rule population:
     input:
         "results/population/report/false_positive_rates.md",
         "results/population/report/verification.md",
+
+
+# Provenance of the report's tables and an audit of the tree (README: "Auditing results/"). It
+# needs every other target of `all` so that it audits a finished tree.
+PROVENANCE_TABLES = [
+    "results/main/report/verification.md",
+    "results/main/report/pvalues.png",
+    "results/main/report/examples.png",
+    "results/main/report/diagnostics.md",
+    "results/report/xmark_quality.md",
+]
+
+
+rule report_provenance:
+    input:
+        rules.data_all.input,
+        rules.xmark_all.input,
+        rules.verify_all.input,
+        PROVENANCE_TABLES,
+    output:
+        md=report(
+            "results/report/provenance.md",
+            caption="../report/provenance.rst",
+            category="Provenance",
+            labels={"what": "provenance of each table and audit of results/"},
+        ),
+        audit="results/report/audit.json",
+    log:
+        logf("report/provenance"),
+    conda:
+        conda_env()
+    params:
+        tables=PROVENANCE_TABLES,
+    script:
+        "../scripts/report_provenance.py"

@@ -27,6 +27,7 @@ rule surrogate:
         input_resolution=lambda wc: int(wc.sres),
         device=config["device"],
         last="results/surrogate/{arch}_r{sres}/last.pt",
+        code=script_code("train_surrogate"),
     script:
         "../scripts/train_surrogate.py"
 
@@ -52,5 +53,6 @@ rule saliency:
         target_layer=config["saliency"]["target_layer"],
         batch_size=config["saliency"]["batch_size"],
         device=config["device"],
+        code=script_code("saliency"),
     script:
         "../scripts/saliency.py"

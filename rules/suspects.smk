@@ -69,5 +69,6 @@ rule suspect_clean:
         last="results/clean_suspects/{clean_scenario}/{arch}/r{res}_from{dres}_e{epochs}/seed{seed}/last.pt",
         split=lambda wc: CLEAN_SPLIT[wc.clean_scenario],
         meta=lambda wc: {"scenario": wc.clean_scenario},
+        code=script_code("train_suspect"),
     script:
         "../scripts/train_suspect.py"

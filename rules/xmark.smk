@@ -28,6 +28,7 @@ rule xmark_generator:
         surrogate_resolution=config["surrogate"]["resolution"],
         device=config["device"],
         last="results/{variant}/xmark/key{key}/generator/last.pt",
+        code=script_code("xmark_generator"),
         on_degenerate=config["surrogate"]["on_degenerate"],
     script:
         "../scripts/xmark_generator.py"
@@ -168,6 +169,7 @@ rule reference_clean:
         last="results/reference/{arch}/r{res}_from{dres}/last.pt",
         split="release",
         meta={"role": "clean_reference"},
+        code=script_code("train_suspect"),
     script:
         "../scripts/train_suspect.py"
 

@@ -153,6 +153,7 @@ def test_verification_summaries_and_report(tiny):
     )
     html = (tiny / "results/report.html").read_text(errors="replace")
     assert "pvalues.png" in html and "verification.md" in html
+    assert "provenance.md" in html  # the Provenance page (rule report_provenance)
 
 
 def test_scenario_data_is_patient_disjoint(tiny):

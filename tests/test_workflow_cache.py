@@ -162,3 +162,66 @@ def test_package_source_hash_tracks_code(tmp_path: Path) -> None:
     (pkg / "sub" / "b.py").write_text("y = 3\n")
     assert package_source_hash(pkg) != first
     assert len(package_source_hash()) == 64
+
+
+SURROGATE = "results/surrogate/resnet18_r32/model.pt"
+SYNTHETIC = "results/data/synthetic"
+
+
+def _edit(work: Path, rel: str, old: str, new: str) -> None:
+    path = work / rel
+    text = path.read_text()
+    assert old in text, f"{rel}: {old!r} not found"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.snakemake
+def test_tiny_preset_code_edit_recomputes_only_what_it_can_change(tmp_path: Path) -> None:
+    """Cached rules carry the hash of the code their script imports (rules/provenance.smk).
+
+    Three working copies share one cache: the first stores the surrogate; the second, with the
+    README and a module the surrogate never imports (medmark/report.py) edited, takes it from
+    the cache; the third, with a function the surrogate's training calls edited
+    (medmark.train.resize_batch), recomputes it, while the synthetic data (whose code did not
+    change) still comes from the cache.
+    """
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = {"SNAKEMAKE_OUTPUT_CACHE": str(cache)}
+    edits = {
+        "first": [],
+        "readme": [
+            ("README.md", "# ", "# (edited) "),
+            ("src/medmark/report.py", '"""', '"""Edited. '),
+        ],
+        "code": [
+            (
+                "src/medmark/train.py",
+                "def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:\n",
+                "def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:\n"
+                "    _ = 'an edit of a function the surrogate uses'\n",
+            )
+        ],
+    }
+    logs = {}
+    for name, changes in edits.items():
+        work = copy_workflow(REPO, tmp_path / name, [*WORKFLOW_ENTRIES, "README.md"])
+        for rel, old, new in changes:
+            _edit(work, rel, old, new)
+        proc = run_snakemake(
+            ["--cores", "2", SURROGATE, "--configfile", TINY_PRESET, "--cache"],
+            work,
+            env=env,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stdout
+        logs[name] = proc.stdout
+    assert SURROGATE in STORED.findall(logs["first"])
+    assert STORED.findall(logs["readme"]) == [], logs["readme"]
+    assert SURROGATE in FETCHED.findall(logs["readme"])
+    assert SURROGATE in STORED.findall(logs["code"]), logs["code"]
+    assert SYNTHETIC in STORED.findall(logs["first"])
+    assert SYNTHETIC not in STORED.findall(logs["code"])
+    assert any(p.startswith(SYNTHETIC + "/") for p in FETCHED.findall(logs["code"]))

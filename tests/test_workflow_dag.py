@@ -59,6 +59,7 @@ def test_dry_run_lists_every_stage(dry_all):
         "xmark_proxy",
         "reference_clean",
         "xmark_diagnostics",
+        "report_provenance",
     ):
         assert jobs.get(rule, 0) >= 1, rule
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())

@@ -1,5 +1,8 @@
 """``medmark`` command line (architecture.md: package map, ``medmark.cli``).
 
+``medmark audit [results/]`` checks a results tree against its provenance records
+(:mod:`medmark.audit`): exit 0 clean, 1 findings, 2 unreadable input.
+
 ``medmark verify --model FILE --owner-dir DIR --out verdict.json`` queries a suspect model
 (TorchScript ``.pt``/``.pth`` or ONNX ``.onnx``) as a black box with the owner's verification
 images and writes the verdict (docs/methods/verification.md: Tests). Exit status: 0 when a verdict was
@@ -147,6 +150,24 @@ def _build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="model format (default: by extension)",
     )
+    a = sub.add_parser(
+        "audit",
+        help="check a results/ tree against its provenance records",
+        description="Check every artifact of a results tree against the provenance records, "
+        "re-derive each verdict from its per_image.csv, look for owner secrets under release/ "
+        "and compare the release tree with the release HDF5. Exit 0 clean, 1 findings, 2 "
+        "unreadable input.",
+    )
+    a.add_argument("results", nargs="?", type=Path, default=Path("results"))
+    a.add_argument("--out", type=Path, default=None, help="audit JSON (default RESULTS/audit.json)")
+    a.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="working directory the records' paths are relative to (default: RESULTS/..)",
+    )
+    a.add_argument("--limit", type=int, default=50, help="findings printed (all in the JSON)")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -258,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "verify":
             return _run_verify(args)
+        if args.command == "audit":
+            from medmark.audit import audit_cli
+
+            return audit_cli(args.results, args.out, args.workdir, args.limit, args.quiet)
     except DataFormatError as e:
         print(f"medmark {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
