@@ -170,6 +170,7 @@ def test_scenario_data_is_patient_disjoint(tiny):
     assert ind_d and released and not ind_d & released
 
 
+@pytest.mark.heavy  # ~2 min on 2 cores: the fast layer keeps the tiny `all` run, not `attacks`
 def test_attacks_on_tiny_keep_independent_suspects_undetected(tiny):
     run_snakemake(tiny, "--cores", "2", "attacks", "--configfile", "config/presets/tiny.yaml")
     table = pd.read_csv(tiny / "results/main/report/attacks.csv")
