@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from medmark.models import ARCHS, build_classifier
 
 
-def train_steps(arch: str, threads: int, steps: int, seed: int) -> float:
-    """Seconds for ``steps`` optimiser steps of ``arch`` using ``threads`` torch threads."""
+def _setup(arch: str, threads: int, seed: int) -> tuple:
     torch.set_num_threads(threads)
     model = build_classifier(arch, seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -31,16 +30,45 @@ def train_steps(arch: str, threads: int, steps: int, seed: int) -> float:
     y = torch.randint(0, 2, (32,), generator=gen)
     for _ in range(2):  # warm-up (allocator, kernels)
         F.cross_entropy(model(x), y).backward()
-    t0 = time.perf_counter()
+    return model, opt, x, y
+
+
+def _steps(model, opt, x, y, steps: int) -> None:
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
+
+
+def train_steps(arch: str, threads: int, steps: int, seed: int) -> float:
+    """Seconds for ``steps`` optimiser steps of ``arch`` using ``threads`` torch threads."""
+    state = _setup(arch, threads, seed)
+    t0 = time.perf_counter()
+    _steps(*state, steps)
     return time.perf_counter() - t0
 
 
-def _worker(args: tuple[str, int, int, int]) -> float:
-    return train_steps(*args)
+def _worker(arch: str, steps: int, seed: int, barrier, out) -> None:
+    """One one-thread job: set up and warm up, wait for the others, then time the steps."""
+    state = _setup(arch, 1, seed)
+    barrier.wait()
+    t0 = time.perf_counter()
+    _steps(*state, steps)
+    out.put(time.perf_counter() - t0)
+
+
+def side_by_side(arch: str, n: int, steps: int) -> float:
+    """Seconds until the last of ``n`` one-thread jobs, started together, finishes its steps
+    (process start-up and warm-up excluded, as for the one-after-another jobs)."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(arch, steps, s, barrier, out)) for s in range(n)]
+    for p in procs:
+        p.start()
+    times = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return max(times)
 
 
 def main() -> None:
@@ -51,11 +79,7 @@ def main() -> None:
     a = ap.parse_args()
     n = a.cores
     t_serial = sum(train_steps(a.arch, n, a.steps, seed) for seed in range(n))
-    ctx = mp.get_context("spawn")
-    t0 = time.perf_counter()
-    with ctx.Pool(n) as pool:
-        pool.map(_worker, [(a.arch, 1, a.steps, seed) for seed in range(n)])
-    t_parallel = time.perf_counter() - t0  # includes the workers' start-up
+    t_parallel = side_by_side(a.arch, n, a.steps)
     work = n * a.steps * 32
     print(f"{a.arch}, {n} jobs of {a.steps} steps (batch 32, 64 px) on {n} cores")
     print(f"  one after another, {n} threads each: {t_serial:6.1f} s  {work / t_serial:6.1f} img/s")
