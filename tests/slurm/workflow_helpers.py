@@ -45,6 +45,12 @@ IGNORED_KEYS = frozenset({"created_by", "created_at", "timestamp", "epoch_second
 runs (provenance stamps and measured wall times)."""
 SKIPPED_DIRS = frozenset({"logs", "benchmarks"})
 """``results/`` sub-folders whose content is run-specific (job logs, timings)."""
+RECORD_STAMPS = frozenset({"start", "end"})
+"""Keys of a provenance record (``results/provenance/``) that hold the job's own times."""
+RECORD_FILE_MAPS = ("inputs", "outputs", "undeclared_outputs")
+"""Keys of a provenance record that map a file to its sha256 and size. Files whose content
+holds measured times (``seconds`` columns, ``created_at``) hash differently between two runs; the
+files themselves are compared key by key, so a record is compared on which files it names."""
 
 
 def copy_workflow(src: Path, dst: Path, entries: Iterable[str]) -> Path:
@@ -135,6 +141,8 @@ def compare_trees(a: Path, b: Path) -> list[str]:
         elif fa.suffix == ".json":
             ja = _drop_ignored(json.loads(fa.read_text().replace(wd_a, "<WD>")))
             jb = _drop_ignored(json.loads(fb.read_text().replace(wd_b, "<WD>")))
+            if rel.startswith("provenance/"):
+                ja, jb = _record_view(ja), _record_view(jb)
             if ja != jb:
                 diffs.append(f"{rel}: JSON differs")
         elif fa.suffix == ".pt":
@@ -222,6 +230,14 @@ def _same_value(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
     return a == b
+
+
+def _record_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A provenance record without its times, each file map reduced to the files it names."""
+    view = {k: v for k, v in record.items() if k not in RECORD_STAMPS}
+    for key in RECORD_FILE_MAPS:
+        view[key] = sorted(view.get(key) or {})
+    return view
 
 
 def _drop_ignored(obj: Any) -> Any:
