@@ -543,6 +543,7 @@ def medlocker_lock(source):
         "locked": f"{base}/release/locked.h5",
         "random": f"{base}/owner/random.h5",
         "params": f"{base}/owner/params.csv",
+        "model": medlocker_model(source)[0],
     }
 
 

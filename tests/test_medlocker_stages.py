@@ -116,6 +116,7 @@ def test_evaluate_attacks_examples(locked_run, tmp_path):
         "locked": str(out["locked.h5"]),
         "random": str(out["random.h5"]),
         "params": str(out["params.csv"]),
+        "model": str(d / "model.pt"),
     }
     models, res = {"surrogate": str(d / "model.pt")}, {"surrogate": R}
     df = st.evaluate_stage(
@@ -132,6 +133,7 @@ def test_evaluate_attacks_examples(locked_run, tmp_path):
         out_json=tmp_path / "s.json",
     )
     assert set(df["placement"]) == {"clean", "optimised", "random"}
+    assert df["white_box"].all()  # the only target is the source itself
     s = json.loads((tmp_path / "s.json").read_text())["surrogate"]
     assert s["lesion_overlap_pixels_total"] == 0 and s["n_skipped"] == 1
     assert s["psnr_outside_min"] == math.inf and s["ssim_outside_min"] == pytest.approx(1.0)
