@@ -12,6 +12,7 @@ include: "rules/suspects.smk"
 include: "rules/verify.smk"
 include: "rules/attacks.smk"
 include: "rules/report.smk"
+include: "rules/medlocker.smk"
 
 
 # Light rules run on the login node under --profile slurm (no sbatch round trip).
@@ -37,6 +38,9 @@ localrules:
     report_diagnostics,
     xmark_quality_table,
     report_provenance,
+    medlocker,
+    medlocker_default_logo,
+    medlocker_examples,
 
 
 from medmark.cluster import (

@@ -500,3 +500,61 @@ def sweep_inputs(sweep):
 def sweep_values(sweep):
     sw = SWEEPS[sweep]
     return {v: sw["value"](vcfg(v)) for v in sw["variants"]}
+
+
+# ---- helpers of rules/medlocker.smk ----
+# MedLocker (docs/methods/medlocker.md): lock against a source model, evaluate on the surrogate and
+# every clean Ind-M suspect, attacks, examples.
+
+ML = config["medlocker"]
+ML_RES = suspect_data_res(
+    config
+)  # the images the Ind-M suspects train on and are queried with
+
+
+def medlocker_logo():
+    return ML["logo"] or "results/medlocker/logo.png"
+
+
+def medlocker_model(name):
+    """Path and input resolution of a MedLocker model: the surrogate or an Ind-M suspect."""
+    if name == "surrogate":
+        return (
+            f"results/surrogate/{surrogate_tag()}/model.pt",
+            config["surrogate"]["resolution"],
+        )
+    arch, seed = re.fullmatch(r"(\w+?)(?:_seed(\d+))?", name).groups()
+    path = suspect_model("main", "xmark", "Ind-M", arch, int(seed or 0))
+    return path, config["suspects"]["resolution"]
+
+
+def medlocker_targets():
+    """White-box (the surrogate) and transfer targets: every clean Ind-M arch and seed."""
+    return ["surrogate"] + [
+        f"{arch}_seed{s}"
+        for arch in config["suspects"]["archs"]
+        for s in seeds_for(config, "Ind-M")
+    ]
+
+
+def medlocker_lock(source):
+    base = f"results/medlocker/{source}"
+    return {
+        "locked": f"{base}/release/locked.h5",
+        "random": f"{base}/owner/random.h5",
+        "params": f"{base}/owner/params.csv",
+        "model": medlocker_model(source)[0],
+    }
+
+
+def medlocker_lock_inputs(wc):
+    out = {
+        "prep": f"results/prep/r{ML_RES}.h5",
+        "boxes": "results/data/boxes.csv",
+        "metadata": "results/data/metadata.csv",
+        "model": medlocker_model(wc.ml_source)[0],
+        "logo": medlocker_logo(),
+    }
+    if ML["boxes"] == "saliency":
+        out["saliency"] = f"results/saliency/{surrogate_tag()}/r{ML_RES}.h5"
+    return out

@@ -186,6 +186,39 @@ def test_attacks_on_tiny_keep_independent_suspects_undetected(tiny):
     assert (tiny / "results/main/report/attacks.png").stat().st_size > 10_000
 
 
+@pytest.mark.heavy  # the `medlocker` target on the tiny run's surrogate and Ind-M suspects
+def test_medlocker_on_tiny_keeps_off_lesions_verifies_and_unlocks(tiny, tmp_path):
+    from medmark.cli import main
+    from medmark.data.h5 import read_images, read_table
+
+    run_snakemake(tiny, "--cores", "2", "medlocker", "--configfile", "config/presets/tiny.yaml")
+    r = tiny / "results/medlocker"
+    summary = json.loads((r / "report/summary.json").read_text())["surrogate"]
+    assert summary["n_locked"] + summary["n_skipped"] == summary["n_images"] > 0
+    assert summary["lesion_overlap_pixels_total"] == 0 and summary["psnr_outside_min"] == np.inf
+    matrix = pd.read_csv(r / "report/matrix.csv")
+    assert set(matrix["target"]) == {"surrogate", "resnet18_seed0", "resnet18_seed1"}
+    assert set(matrix["placement"]) == {"clean", "optimised", "random"}
+    assert (r / "report/examples.png").stat().st_size > 10_000
+    rel, owner, prep = r / "surrogate/release", r / "surrogate/owner", tiny / "results/prep/r32.h5"
+    cert = ["--certificate", str(rel / "certificate.json"), "--public-key"]
+    check = [
+        "--release",
+        str(rel / "locked.h5"),
+        "--originals",
+        str(prep),
+        "--logo",
+        str(r / "logo.png"),
+    ]
+    assert main(["certificate", "verify", *cert, str(rel / "public_key.pem"), *check]) == 0
+    unlock = ["--packages", str(owner / "restore"), "--key", str(owner / "restore_key.hex")]
+    out = tmp_path / "unlocked.h5"
+    assert main(["unlock", "--locked", str(rel / "locked.h5"), *unlock, "--out", str(out)]) == 0
+    ids = read_table(out)["image_id"]
+    rows = read_table(prep).set_index("image_id").loc[ids, "row"].to_numpy()
+    assert read_images(out, range(len(ids))).tobytes() == read_images(prep, rows).tobytes()
+
+
 @pytest.mark.heavy
 def test_embedded_default_end_to_end(tmp_path):
     """`snakemake --cores 2 all` on the embedded default (the README's main job) completes."""

@@ -202,3 +202,27 @@ def test_per_arch_recipe_reaches_the_clean_suspects(wf, dry_all, tmp_path):
     bad.write_text(yaml.safe_dump({"suspects": {"train_by_arch": {"vgg": {"epochs": 9}}}}))
     proc = run_snakemake(wf, "-n", "--cores", "1", "all", "--configfile", str(bad), check=False)
     assert proc.returncode != 0 and "train_by_arch" in proc.stdout
+
+
+@pytest.mark.snakemake
+def test_medlocker_target_plans_its_stages_and_stays_out_of_all(wf, dry_all):
+    """`medlocker` locks against the surrogate, evaluates on every clean Ind-M suspect (reused,
+    never retrained per method) and is not part of `all`."""
+    out = run_snakemake(wf, "-n", "--cores", "2", "medlocker").stdout
+    jobs = _jobs(out)
+    for rule in (
+        "medlocker_default_logo",
+        "medlocker_evaluate",
+        "medlocker_attacks",
+        "medlocker_examples",
+    ):
+        assert jobs.get(rule) == 1, rule
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    assert jobs["medlocker_lock"] == 1  # medlocker.sources defaults to [surrogate]
+    archs, seeds = len(cfg["suspects"]["archs"]), cfg["suspects"]["independent_seeds"]
+    assert jobs["suspect_clean"] == archs * seeds
+    assert "results/medlocker/surrogate/release/locked.h5" in out
+    assert re.search(
+        r"results/clean_suspects/Ind-M/shufflenet_v2/r64_from64_e12/seed2/model.pt", out
+    )
+    assert not any(rule.startswith("medlocker") for rule in _jobs(dry_all))

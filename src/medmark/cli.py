@@ -7,6 +7,13 @@
 (TorchScript ``.pt``/``.pth`` or ONNX ``.onnx``) as a black box with the owner's verification
 images and writes the verdict (docs/methods/verification.md: Tests). Exit status: 0 when a verdict was
 written (whatever it is), 2 on bad input (message on stderr, no traceback).
+
+``medmark certificate verify --certificate C --public-key K --release R.h5`` checks a copy of a
+MedLocker release against the owner's signed certificate (docs/methods/medlocker.md); with
+``--originals`` and ``--logo`` it also re-renders each locked image. ``medmark unlock --locked
+R.h5 --packages DIR --key KEY --out O.h5`` restores the originals bit for bit (one PNG with
+``--image-id``). Exit status of both: 0 valid / restored, 1 refused (bad signature, changed or
+missing images, wrong key, tampered or foreign package; the reason on stderr), 2 bad input.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 from medmark.errors import DataFormatError
 
 EXIT_OK = 0
+EXIT_REFUSED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -168,7 +176,95 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--limit", type=int, default=50, help="findings printed (all in the JSON)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    c = sub.add_parser("certificate", help="MedLocker certificates")
+    csub = c.add_subparsers(dest="action", required=True)
+    cv = csub.add_parser(
+        "verify",
+        help="check a copy of a MedLocker release against the owner's signed certificate",
+        description="Check the Ed25519 signature of the certificate with the owner's public key, "
+        "then that every certified image of the copy hashes to its certified locked image; with "
+        "--originals and --logo, also re-render each from its original with the recorded "
+        "parameters. Exit 0 valid, 1 refused, 2 bad input.",
+    )
+    cv.add_argument("--certificate", required=True, type=Path)
+    cv.add_argument("--public-key", required=True, type=Path, help="owner's Ed25519 PEM key")
+    cv.add_argument("--release", required=True, type=Path, help="the copy (medmark image HDF5)")
+    cv.add_argument("--originals", type=Path, default=None, help="original images (HDF5)")
+    cv.add_argument("--logo", type=Path, default=None, help="the logo PNG (with --originals)")
+    cv.add_argument("--out", type=Path, default=None, help="report JSON")
+    u = sub.add_parser(
+        "unlock",
+        help="restore the originals of a MedLocker release with the restore key",
+        description="Decrypt each image's restore package (AES-GCM) and paste the original "
+        "pixels back under the logo; the result is checked against the original's sha256. "
+        "Exit 0 restored, 1 refused (wrong key, tampered, truncated or foreign package), 2 bad "
+        "input.",
+    )
+    u.add_argument("--locked", required=True, type=Path, help="locked HDF5, or one PNG")
+    u.add_argument("--packages", required=True, type=Path, help="package directory (or file)")
+    u.add_argument("--key", required=True, type=Path, help="restore key (hex file)")
+    u.add_argument("--out", required=True, type=Path, help="restored HDF5 (or PNG)")
+    u.add_argument("--image-id", default=None, help="the image id of a single PNG")
     return parser
+
+
+def _run_certificate(args: argparse.Namespace) -> int:
+    import json
+
+    from medmark.io import write_json_atomic
+    from medmark.methods.medlocker.certificate import CertificateError
+    from medmark.methods.medlocker.cli_ops import verify_certificate
+
+    for flag in ("certificate", "public_key", "release", "originals", "logo"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise DataFormatError(
+                "no such file", file=str(path), field=f"--{flag.replace('_', '-')}"
+            )
+    try:
+        report = verify_certificate(
+            args.certificate, args.public_key, args.release, args.originals, args.logo
+        )
+    except CertificateError as e:
+        print(f"medmark certificate verify: REFUSED: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.out is not None:
+        write_json_atomic(args.out, report)
+    brief = {
+        k: report[k]
+        for k in ("n_certified", "n_checked", "missing", "changed", "rerender_mismatch")
+    }
+    if not report["ok"]:
+        print(f"medmark certificate verify: REFUSED: {json.dumps(brief)}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"valid: signature ok, {report['n_checked']} images match the certificate")
+    return EXIT_OK
+
+
+def _run_unlock(args: argparse.Namespace) -> int:
+    from medmark.methods.medlocker.cli_ops import unlock_png, unlock_release
+    from medmark.methods.medlocker.restore import PackageError
+
+    for flag in ("locked", "packages", "key"):
+        if not getattr(args, flag).exists():
+            raise DataFormatError("no such file", file=str(getattr(args, flag)), field=f"--{flag}")
+    check_outputs(args.out, {"the locked input": args.locked, "the packages": args.packages})
+    try:
+        if args.locked.suffix.lower() == ".png":
+            if args.image_id is None:
+                raise DataFormatError("a PNG needs its --image-id", field="--image-id")
+            unlock_png(args.locked, args.packages, args.key, args.image_id, args.out)
+            print(f"restored {args.image_id} -> {args.out}")
+        else:
+            counts = unlock_release(args.locked, args.packages, args.key, args.out)
+            print(
+                f"restored {counts['restored']} images ({counts['unchanged']} without a package "
+                f"copied unchanged) -> {args.out}"
+            )
+    except PackageError as e:
+        print(f"medmark unlock: REFUSED: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -283,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from medmark.audit import audit_cli
 
             return audit_cli(args.results, args.out, args.workdir, args.limit, args.quiet)
+        if args.command == "certificate":
+            return _run_certificate(args)
+        if args.command == "unlock":
+            return _run_unlock(args)
     except DataFormatError as e:
         print(f"medmark {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

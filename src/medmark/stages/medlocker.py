@@ -1,0 +1,661 @@
+"""MedLocker stages (Pu, Wei, Zhao, Fu, arXiv 2303.09858; docs/methods/medlocker.md): lock a split
+against a source model, evaluate clean vs locked (white-box and transfer matrix, optimised vs
+random placement), attack the lock, and draw examples.
+
+Every stage reads the preprocessed HDF5 (``results/prep``), the ingest's ``boxes.csv`` and
+``metadata.csv`` and trained classifiers (the surrogate, the clean Ind-M suspects); nothing here
+knows Snakemake.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import medmark
+from medmark.data.h5 import H5ImageWriter, read_images, read_table
+from medmark.data.labels import IGNORE, OBSERVATIONS, task_labels
+from medmark.evaluation import classification_metrics
+from medmark.io import atomic_path, write_json_atomic, write_text_atomic
+from medmark.methods.medlocker import certificate as certs
+from medmark.methods.medlocker import metrics as mx
+from medmark.methods.medlocker import restore
+from medmark.methods.medlocker.logo import load_logo
+from medmark.methods.medlocker.optimize import OptimConfig, optimise, random_placement
+from medmark.methods.medlocker.placement import (
+    anatomy_boxes,
+    boxes_in_pixels,
+    footprint_overlap,
+    forbidden_map,
+    placement,
+    saliency_boxes,
+)
+from medmark.methods.medlocker.render import render_u8
+from medmark.models import Classifier, load_classifier
+from medmark.runtime import resolve_device, seed_everything, set_threads
+from medmark.train import TrainConfig, predict_proba, resize_batch, train_classifier
+
+log = logging.getLogger(__name__)
+
+BOX_MODES = ("lesion", "saliency", "anatomy", "none")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def select_rows(
+    prep_h5: str | Path, task: Mapping[str, Any], split: str, max_images: int | None, seed: int
+) -> pd.DataFrame:
+    """Rows of ``split`` with a task label, at most ``max_images`` (seeded choice), by HDF5 row."""
+    table = read_table(prep_h5)
+    y = task_labels(
+        table[list(OBSERVATIONS)].to_numpy(), task["target_observation"], task["uncertainty"]
+    )
+    table = table.assign(y=y)
+    keep = table[(table["split"] == split) & (table["y"] != IGNORE)]
+    if keep.empty:
+        raise ValueError(f"{prep_h5}: no labelled rows in split {split!r}")
+    if max_images is not None and len(keep) > max_images:
+        pick = np.random.default_rng(seed).choice(len(keep), size=max_images, replace=False)
+        keep = keep.iloc[np.sort(pick)]
+    return keep.reset_index(drop=True)
+
+
+def lesion_boxes(
+    mode: str,
+    ids: list[str],
+    rows: np.ndarray,
+    resolution: int,
+    *,
+    boxes_csv: str | Path | None,
+    metadata_csv: str | Path | None,
+    saliency_h5: str | Path | None = None,
+    top_frac: float = 0.1,
+) -> dict[str, np.ndarray]:
+    """Forbidden boxes ``(k, 4)`` per image id at ``resolution`` under ``medlocker.boxes``."""
+    if mode not in BOX_MODES:
+        raise ValueError(f"medlocker.boxes must be one of {BOX_MODES}, got {mode!r}")
+    empty = np.zeros((0, 4))
+    if mode == "none":
+        return {i: empty for i in ids}
+    if mode == "anatomy":
+        return {i: anatomy_boxes(resolution) for i in ids}
+    if mode == "lesion":
+        if boxes_csv is None or metadata_csv is None:
+            raise ValueError("medlocker.boxes 'lesion' needs boxes.csv and metadata.csv")
+        by_id = boxes_in_pixels(pd.read_csv(boxes_csv), pd.read_csv(metadata_csv), resolution)
+        return {i: by_id.get(i, empty) for i in ids}
+    if saliency_h5 is None:
+        raise ValueError("medlocker.boxes 'saliency' needs the saliency maps")
+    import h5py
+
+    with h5py.File(saliency_h5, "r") as f:
+        maps = f["maps"][np.sort(rows)]
+        order = np.argsort(np.argsort(rows))
+        maps = maps[order]
+    return {i: saliency_boxes(m, top_frac) for i, m in zip(ids, maps, strict=True)}
+
+
+def _model_fn(model: Classifier, input_resolution: int):
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return model(resize_batch(x, input_resolution))
+
+    return fn
+
+
+def _write_h5(path: Path, table: pd.DataFrame, images: np.ndarray, attrs: dict[str, Any]) -> None:
+    with H5ImageWriter(path, len(table), images.shape[1], attrs=attrs) as w:
+        labels = table[list(OBSERVATIONS)].to_numpy(np.float32)
+        for k, row in enumerate(table.itertuples(index=False)):
+            w.append(images[k], row.image_id, row.patient, row.split, labels[k])
+        w.close()
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def lock_stage(
+    *,
+    prep_h5: str | Path,
+    boxes_csv: str | Path,
+    metadata_csv: str | Path,
+    saliency_h5: str | Path | None,
+    source_model: str | Path,
+    source_id: str,
+    input_resolution: int,
+    logo_path: str | Path,
+    task: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    code: str,
+    device: str,
+    threads: int,
+    out_locked: str | Path,
+    out_random: str | Path,
+    out_params: str | Path,
+    out_queries: str | Path,
+    out_certificate: str | Path,
+    out_public_key: str | Path,
+    owner_dir: str | Path,
+) -> pd.DataFrame:
+    """Lock ``medlocker.split`` against ``source_model``: optimised and random-placement images,
+    per-image θ and query log, the signed certificate and the restore packages."""
+    set_threads(threads)
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    dev = resolve_device(device)
+    ocfg = OptimConfig.from_dict(cfg["optimizer"])
+    table = select_rows(prep_h5, task, cfg["split"], cfg["max_images"], seed)
+    rows = table["row"].to_numpy()
+    images = read_images(prep_h5, rows)
+    res = images.shape[1]
+    boxes = lesion_boxes(
+        cfg["boxes"],
+        table["image_id"].tolist(),
+        rows,
+        res,
+        boxes_csv=boxes_csv,
+        metadata_csv=metadata_csv,
+        saliency_h5=saliency_h5,
+        top_frac=cfg["saliency_top_frac"],
+    )
+    logo = load_logo(logo_path)
+    side = max(1, round(cfg["logo_scale"] * res))
+    scaled = [logo.scaled(max(1, round(side * s))) for s in (1.0, *cfg["fallback_scales"])]
+    sizes = [tuple(m.shape) for _, m in scaled]
+    model = load_classifier(source_model).to(dev)
+    fn = _model_fn(model, input_resolution)
+    locked, rand = images.copy(), images.copy()
+    out_rows, qlog, packages = [], [], []
+    key, signer = restore.new_key(), certs.new_signing_key()
+    for k, r in enumerate(table.itertuples(index=False)):
+        forb = forbidden_map(boxes[r.image_id], (res, res), float(cfg["box_margin"]))
+        where = placement(forb, sizes)
+        base = {"image_id": r.image_id, "row": int(r.row), "y": int(r.y)}
+        if where is None:
+            if cfg["on_infeasible"] == "error":
+                raise ValueError(f"{r.image_id}: no lesion-free position for any logo size {sizes}")
+            log.warning("%s: no lesion-free position for any logo size: skipped", r.image_id)
+            out_rows.append(base | {"status": "skipped"})
+            continue
+        feasible, size_i = where
+        value, mask = scaled[size_i]
+        rng = np.random.default_rng([seed, int(r.row)])
+        result = optimise(fn, images[k], int(r.y), (value, mask), feasible, ocfg, rng, dev)
+        locked[k] = render_u8(images[k], value, mask, [result.alpha], [result.u], [result.v])[0]
+        ru, rv = random_placement(feasible, 1, rng)
+        rand[k] = render_u8(images[k], value, mask, [result.alpha], ru, rv)[0]
+        h, w = sizes[size_i]
+        qlog += [
+            {
+                "image_id": r.image_id,
+                "batch": b,
+                "queries": ocfg.population * (b + 1),
+                "best_margin": m,
+            }
+            for b, m in enumerate(result.history)
+        ]
+        out_rows.append(
+            base
+            | result.as_row()
+            | {
+                "status": "locked",
+                "logo_h": h,
+                "logo_w": w,
+                "scale": cfg["logo_scale"] * (1.0, *cfg["fallback_scales"])[size_i],
+                "random_u": int(ru[0]),
+                "random_v": int(rv[0]),
+                "forbidden_overlap": footprint_overlap(forb, result.u, result.v, h, w),
+                "random_forbidden_overlap": footprint_overlap(forb, int(ru[0]), int(rv[0]), h, w),
+            }
+        )
+        theta = {"alpha": result.alpha, "u": result.u, "v": result.v, "logo_h": h, "logo_w": w}
+        packages.append(
+            (
+                r.image_id,
+                restore.make_package(
+                    key, r.image_id, images[k], locked[k], theta, (result.u, result.v, h, w)
+                ),
+            )
+        )
+        log.info(
+            "%s: alpha %.3f (u, v) (%d, %d) margin %.3f queries %d %.2f s%s",
+            r.image_id,
+            result.alpha,
+            result.u,
+            result.v,
+            result.margin,
+            result.queries,
+            result.seconds,
+            " flipped" if result.success else "",
+        )
+    params = pd.DataFrame(out_rows)
+    meta = {
+        "method": "medlocker",
+        "source": source_id,
+        "source_sha256": _sha(source_model),
+        "resolution": res,
+        "logo_sha256": logo.sha256,
+        "code_version": f"medmark {medmark.__version__} code {code[:16]}",
+        "boxes": cfg["boxes"],
+        "box_margin": cfg["box_margin"],
+    }
+    records = [
+        {
+            "image_id": p["image_id"],
+            "original_sha256": certs.image_sha256(images[k]),
+            "locked_sha256": certs.image_sha256(locked[k]),
+            "logo_sha256": logo.sha256,
+            "logo_h": p["logo_h"],
+            "logo_w": p["logo_w"],
+            "scale": p["scale"],
+            "alpha": p["alpha"],
+            "u": p["u"],
+            "v": p["v"],
+            "surrogate": source_id,
+            "seed": seed,
+            "code_version": meta["code_version"],
+        }
+        for k, p in enumerate(out_rows)
+        if p["status"] == "locked"
+    ]
+    owner = Path(owner_dir)
+    restore_dir = owner / "restore"
+    restore_dir.mkdir(parents=True, exist_ok=True)
+    for iid, blob in packages:
+        restore.write_package(restore_dir, iid, blob)
+    restore.write_key(owner / "restore_key.hex", key)
+    certs.write_private_key(owner / "signing_key.pem", signer)
+    certs.write_public_key(out_public_key, signer.public_key())
+    certs.write_certificate(out_certificate, certs.sign(meta, records, signer))
+    attrs = {"medlocker_source": source_id, "created_by": f"medmark {medmark.__version__}"}
+    _write_h5(Path(out_locked), table, locked, attrs | {"medlocker_placement": "optimised"})
+    _write_h5(Path(out_random), table, rand, attrs | {"medlocker_placement": "random"})
+    with atomic_path(out_queries) as tmp:
+        pd.DataFrame(qlog, columns=["image_id", "batch", "queries", "best_margin"]).to_csv(
+            tmp, index=False
+        )
+    with atomic_path(out_params) as tmp:
+        params.to_csv(tmp, index=False)
+    done = params[params["status"] == "locked"]
+    log.info(
+        "locked %d/%d images against %s: %d flipped, %.0f queries and %.2f s per image",
+        len(done),
+        len(params),
+        source_id,
+        int(done["success"].sum()),
+        done["queries"].mean(),
+        done["seconds"].mean(),
+    )
+    return params
+
+
+def _sha(path: str | Path) -> str:
+    from medmark.io import sha256_file
+
+    return sha256_file(path)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _load_lock(
+    prep_h5: str | Path, lock: Mapping[str, str]
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pd.DataFrame]:
+    """``(table, clean, locked, params)`` of a lock: the locked file's rows, the clean images of
+    the same ids (matched by id in ``prep_h5``), the locked images and the per-image θ, in row
+    order."""
+    table = read_table(lock["locked"])
+    prep = read_table(prep_h5).set_index("image_id")
+    missing = sorted(set(table["image_id"]) - set(prep.index))
+    if missing:
+        raise ValueError(f"{lock['locked']}: ids not in {prep_h5}: {missing[:3]}")
+    clean = read_images(prep_h5, prep.loc[table["image_id"], "row"].to_numpy())
+    locked = read_images(lock["locked"], table["row"].to_numpy())
+    params = pd.read_csv(lock["params"]).set_index("image_id").loc[table["image_id"]]
+    return table, clean, locked, params
+
+
+def evaluate_stage(
+    *,
+    prep_h5: str | Path,
+    locks: Mapping[str, Mapping[str, str]],
+    models: Mapping[str, str],
+    input_resolutions: Mapping[str, int],
+    boxes_csv: str | Path,
+    metadata_csv: str | Path,
+    device: str,
+    threads: int,
+    out_csv: str | Path,
+    out_md: str | Path,
+    out_json: str | Path,
+) -> pd.DataFrame:
+    """Accuracy/AUROC of every target model on clean, optimised and random-placement images of
+    every source (the source × target matrix), lesion overlap against the true boxes, quality
+    outside the footprint, queries and seconds per image."""
+    set_threads(threads)
+    dev = resolve_device(device)
+    nets = {name: load_classifier(p) for name, p in models.items()}
+    weights = {name: weights_sha256(net) for name, net in nets.items()}
+    rows, summary = [], {}
+    for source, paths in locks.items():
+        table, clean, locked, params = _load_lock(prep_h5, paths)
+        rand = read_images(paths["random"], table["row"].to_numpy())
+        y = params["y"].to_numpy(dtype=np.int64, copy=True)
+        source_sha = weights_sha256(load_classifier(paths["model"]))
+        for target, net in nets.items():
+            for cond, imgs in (("clean", clean), ("optimised", locked), ("random", rand)):
+                probs = predict_proba(
+                    net, imgs, device=dev, input_resolution=input_resolutions[target]
+                )
+                m = classification_metrics(probs, y)
+                rows.append(
+                    {
+                        "source": source,
+                        "target": target,
+                        "placement": cond,
+                        "white_box": weights[target] == source_sha,
+                        **m,
+                    }
+                )
+        summary[source] = _lock_summary(
+            table, params, clean, locked, boxes_csv, metadata_csv, clean.shape[1]
+        )
+    df = pd.DataFrame(rows)
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False)
+    write_json_atomic(out_json, summary)
+    write_text_atomic(out_md, matrix_markdown(df, summary))
+    return df
+
+
+def weights_sha256(net: torch.nn.Module) -> str:
+    """sha256 of a model's weights (names and tensor bytes): two models with the same hash
+    answer alike, so a target with the source's hash is a white-box cell, not a transfer one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _lock_summary(
+    table: pd.DataFrame,
+    params: pd.DataFrame,
+    clean: np.ndarray,
+    locked: np.ndarray,
+    boxes_csv: str | Path,
+    metadata_csv: str | Path,
+    res: int,
+) -> dict[str, Any]:
+    """Lesion overlap of every footprint with the undilated true boxes (must be 0), quality
+    outside the footprint, queries and seconds per image."""
+    true_boxes = boxes_in_pixels(pd.read_csv(boxes_csv), pd.read_csv(metadata_csv), res)
+    ok = params["status"] == "locked"
+    overlaps, q = [], []
+    for k, (iid, p) in enumerate(params.iterrows()):
+        if p["status"] != "locked":
+            continue
+        u, v, h, w = int(p["u"]), int(p["v"]), int(p["logo_h"]), int(p["logo_w"])
+        forb = forbidden_map(true_boxes.get(iid, np.zeros((0, 4))), (res, res), 0.0)
+        overlaps.append(footprint_overlap(forb, u, v, h, w))
+        q.append(mx.quality_outside(clean[k], locked[k], mx.footprint_mask((res, res), u, v, h, w)))
+    qdf = pd.DataFrame(q)
+    done = params[ok]
+    return {
+        "n_images": int(len(params)),
+        "n_locked": int(ok.sum()),
+        "n_skipped": int((~ok).sum()),
+        "n_flipped_on_source": int(done["success"].astype(bool).sum()),
+        "lesion_overlap_pixels_total": int(sum(overlaps)),
+        "lesion_overlap_images": int(sum(o > 0 for o in overlaps)),
+        "psnr_outside_min": float(qdf["psnr_outside"].min()) if len(qdf) else math.nan,
+        "ssim_outside_min": float(qdf["ssim_outside"].min()) if len(qdf) else math.nan,
+        "psnr_mean": float(qdf["psnr"].mean()) if len(qdf) else math.nan,
+        "ssim_mean": float(qdf["ssim"].mean()) if len(qdf) else math.nan,
+        "queries_mean": float(done["queries"].mean()),
+        "queries_max": int(done["queries"].max()) if len(done) else 0,
+        "seconds_mean": float(done["seconds"].mean()),
+        "alpha_mean": float(done["alpha"].mean()),
+    }
+
+
+def matrix_markdown(df: pd.DataFrame, summary: Mapping[str, Any]) -> str:
+    """Accuracy and AUROC per source (rows) × target (columns): clean → optimised (random)."""
+    targets = list(dict.fromkeys(df["target"]))
+    lines = [
+        "# MedLocker: clean → locked (random placement)",
+        "",
+        "(white-box): the target has the source's weights (same recipe, seed and data).",
+    ]
+    for metric in ("accuracy", "auroc"):
+        lines += ["", f"{metric}:", "", "| source \\ target | " + " | ".join(targets) + " |"]
+        lines.append("|---" * (len(targets) + 1) + "|")
+        for source in dict.fromkeys(df["source"]):
+            cells = []
+            for t in targets:
+                sub = df[(df["source"] == source) & (df["target"] == t)].set_index("placement")
+                wb = " (white-box)" if bool(sub["white_box"].iloc[0]) else ""
+                cells.append(
+                    f"{sub.loc['clean', metric]:.3f} → **{sub.loc['optimised', metric]:.3f}** "
+                    f"({sub.loc['random', metric]:.3f}){wb}"
+                )
+            lines.append(f"| {source} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| source | locked | skipped | flipped on source | lesion overlap (px) | "
+        "PSNR outside | SSIM outside (min) | PSNR whole | queries/image | s/image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for source, s in summary.items():
+        lines.append(
+            f"| {source} | {s['n_locked']}/{s['n_images']} | {s['n_skipped']} | "
+            f"{s['n_flipped_on_source']} | {s['lesion_overlap_pixels_total']} | "
+            f"{s['psnr_outside_min']:.1f} | {s['ssim_outside_min']:.4f} | {s['psnr_mean']:.1f} | "
+            f"{s['queries_mean']:.0f} | {s['seconds_mean']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def attacks_stage(
+    *,
+    prep_h5: str | Path,
+    lock: Mapping[str, str],
+    logo_path: str | Path,
+    models: Mapping[str, str],
+    input_resolutions: Mapping[str, int],
+    cfg: Mapping[str, Any],
+    finetune_train: Mapping[str, Any],
+    device: str,
+    threads: int,
+    out_csv: str | Path,
+    out_md: str | Path,
+) -> pd.DataFrame:
+    """Accuracy of each model on locked images after each attack (docs/methods/medlocker.md)."""
+    set_threads(threads)
+    seed_everything(int(cfg["seed"]))
+    dev = resolve_device(device)
+    _table, clean, locked, params = _load_lock(prep_h5, lock)
+    y = params["y"].to_numpy(dtype=np.int64, copy=True)
+    logo = load_logo(logo_path)
+    res = clean.shape[1]
+    attacked: dict[str, np.ndarray] = {"none (locked)": locked}
+    known, est = locked.copy(), locked.copy()
+    for k, (_iid, p) in enumerate(params.iterrows()):
+        if p["status"] != "locked":
+            continue
+        _, mask = logo.scaled(max(int(p["logo_h"]), int(p["logo_w"])))
+        m = mask.numpy()
+        known[k] = mx.inpaint(locked[k], mx.logo_pixels((res, res), m, int(p["u"]), int(p["v"])))
+        eu, ev = mx.estimate_footprint(locked[k], m)
+        est[k] = mx.inpaint(locked[k], mx.logo_pixels((res, res), m, eu, ev))
+    attacked["inpaint, footprint known"] = known
+    attacked["inpaint, footprint estimated"] = est
+    ac = cfg["attacks"]
+    attacked["crop to lungs"] = np.stack([mx.crop_resize(x, tuple(ac["crop_box"])) for x in locked])
+    attacked[f"resize x{ac['resize']}"] = np.stack([mx.down_up(x, ac["resize"]) for x in locked])
+    attacked[f"JPEG q{ac['jpeg_quality']}"] = np.stack(
+        [mx.jpeg(x, ac["jpeg_quality"]) for x in locked]
+    )
+    rows = []
+    nets = {name: load_classifier(p) for name, p in models.items()}
+    for name, net in nets.items():
+        acc_clean = _acc(net, clean, y, dev, input_resolutions[name])
+        for attack, imgs in attacked.items():
+            rows.append(
+                {
+                    "attack": attack,
+                    "model": name,
+                    "accuracy_clean": acc_clean,
+                    "accuracy": _acc(net, imgs, y, dev, input_resolutions[name]),
+                    "n": len(y),
+                }
+            )
+    rows += finetune_attack(
+        nets, clean, locked, y, input_resolutions, finetune_train, int(cfg["seed"]), dev
+    )
+    df = pd.DataFrame(rows)
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False)
+    write_text_atomic(out_md, attacks_markdown(df))
+    return df
+
+
+def _acc(net: torch.nn.Module, imgs: np.ndarray, y: np.ndarray, dev: torch.device, r: int) -> float:
+    p = predict_proba(net, imgs, device=dev, input_resolution=r)
+    return float((p.argmax(1) == y).mean())
+
+
+def finetune_attack(
+    nets: Mapping[str, torch.nn.Module],
+    clean: np.ndarray,
+    locked: np.ndarray,
+    y: np.ndarray,
+    input_resolutions: Mapping[str, int],
+    train_cfg: Mapping[str, Any],
+    seed: int,
+    dev: torch.device,
+) -> list[dict[str, Any]]:
+    """Fine-tune each model on half of the locked images with their labels; accuracy on the
+    other half's locked (and clean) images before and after."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    tr, te = order[: len(y) // 2], order[len(y) // 2 :]
+    data = torch.utils.data.TensorDataset(
+        torch.from_numpy(locked[tr]).float().unsqueeze(1) / 255.0, torch.from_numpy(y[tr])
+    )
+    cfg = TrainConfig.from_dict(dict(train_cfg))
+    out = []
+    for name, net in nets.items():
+        r = input_resolutions[name]
+        before = _acc(net, locked[te], y[te], dev, r)
+        clean_before = _acc(net, clean[te], y[te], dev, r)
+        tuned = load_classifier_copy(net)
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            train_classifier(
+                tuned,
+                data,
+                cfg,
+                seed=seed,
+                device=dev,
+                last_path=Path(d) / "last.pt",
+                input_resolution=r,
+            )
+        out.append(
+            {
+                "attack": f"fine-tune on {len(tr)} locked images ({cfg.epochs} ep), held-out half",
+                "model": name,
+                "accuracy_clean": clean_before,
+                "accuracy_before": before,
+                "accuracy": _acc(tuned, locked[te], y[te], dev, r),
+                "n": len(te),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    return out
+
+
+def load_classifier_copy(net: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(net)
+
+
+def attacks_markdown(df: pd.DataFrame) -> str:
+    lines = [
+        "# Attacks on the MedLocker lock: accuracy on locked images after each attack",
+        "",
+        "| attack | model | clean | locked (before) | after attack |",
+        "|---|---|---|---|---|",
+    ]
+    base = df[df["attack"] == "none (locked)"].set_index("model")["accuracy"]
+    for r in df.itertuples(index=False):
+        before = getattr(r, "accuracy_before", math.nan)
+        if not isinstance(before, float) or math.isnan(before):
+            before = base.get(r.model, math.nan)
+        lines.append(
+            f"| {r.attack} | {r.model} | {r.accuracy_clean:.3f} | {before:.3f} | {r.accuracy:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def examples_stage(
+    *,
+    prep_h5: str | Path,
+    lock: Mapping[str, str],
+    boxes_csv: str | Path,
+    metadata_csv: str | Path,
+    n: int,
+    out_png: str | Path,
+) -> None:
+    """Original | locked | footprint (red) over the lesion boxes (green) for ``n`` images,
+    those with lesion boxes first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    table, clean, locked, params = _load_lock(prep_h5, lock)
+    res = clean.shape[1]
+    boxes = boxes_in_pixels(pd.read_csv(boxes_csv), pd.read_csv(metadata_csv), res)
+    ids = [i for i in table["image_id"] if params.loc[i, "status"] == "locked"]
+    ids = sorted(ids, key=lambda i: i not in boxes)[:n]
+    fig, axes = plt.subplots(len(ids), 3, figsize=(7.5, 2.5 * max(1, len(ids))), squeeze=False)
+    pos = {iid: k for k, iid in enumerate(table["image_id"])}
+    for row, iid in zip(axes, ids, strict=False):
+        k, p = pos[iid], params.loc[iid]
+        row[0].imshow(clean[k], cmap="gray", vmin=0, vmax=255)
+        row[1].imshow(locked[k], cmap="gray", vmin=0, vmax=255)
+        row[2].imshow(clean[k], cmap="gray", vmin=0, vmax=255)
+        for x0, y0, x1, y1 in boxes.get(iid, np.zeros((0, 4))):
+            row[2].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime"))
+        row[2].add_patch(
+            Rectangle((p["u"], p["v"]), p["logo_w"], p["logo_h"], fill=False, color="red")
+        )
+        row[1].set_title(f"α={p['alpha']:.2f} margin {p['margin']:.2f}", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    axes[0][0].set_title("original", fontsize=8)
+    axes[0][2].set_title("footprint (red) vs lesion boxes (green)", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,299 @@
+"""MedLocker stages and CLI end to end on a small synthetic HDF5 and an untrained classifier."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medmark.cli import main
+from medmark.data.h5 import H5ImageWriter, read_images, read_table
+from medmark.data.labels import OBSERVATIONS
+from medmark.methods.medlocker.logo import write_default_logo
+from medmark.methods.medlocker.placement import boxes_in_pixels, footprint_overlap, forbidden_map
+from medmark.models import build_classifier, save_classifier
+from medmark.stages import medlocker as st
+
+R, N = 32, 8
+TASK = {"target_observation": "Pleural Effusion", "uncertainty": "u_zeros", "target_class": 1}
+CFG = {
+    "split": "test",
+    "max_images": None,
+    "seed": 0,
+    "logo_scale": 0.25,
+    "fallback_scales": [0.5],
+    "on_infeasible": "skip",
+    "boxes": "lesion",
+    "box_margin": 1,
+    "saliency_top_frac": 0.1,
+    "optimizer": {"population": 6, "generations": 1, "hops": 1, "max_queries": 40},
+    "attacks": {"crop_box": [0.1, 0.1, 0.9, 0.85], "resize": 0.5, "jpeg_quality": 50},
+}
+
+
+@pytest.fixture(scope="module")
+def locked_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ml")
+    rng = np.random.default_rng(0)
+    ids = [f"patient{i:05d}/study1/view1_frontal" for i in range(N)]
+    with H5ImageWriter(d / "prep.h5", N, R) as w:
+        for i, iid in enumerate(ids):
+            labels = np.full(len(OBSERVATIONS), np.nan, np.float32)
+            labels[OBSERVATIONS.index("Pleural Effusion")] = float(i % 2)
+            w.append(rng.integers(0, 255, (R, R), dtype=np.uint8), iid, iid[:12], "test", labels)
+        w.close()
+    pd.DataFrame({"image_id": ids, "width": 64, "height": 128}).to_csv(
+        d / "metadata.csv", index=False
+    )
+    # image 0: a box over the whole image (infeasible -> skipped); image 1: a box on the left half
+    pd.DataFrame(
+        {
+            "image_id": [ids[0], ids[1]],
+            "finding": "x",
+            "x": [0, 0],
+            "y": [0, 0],
+            "w": [64, 32],
+            "h": [128, 128],
+        }
+    ).to_csv(d / "boxes.csv", index=False)
+    save_classifier(build_classifier("resnet18", seed=0), d / "model.pt")
+    write_default_logo(d / "logo.png", side=32)
+    out = {
+        k: d / f"{k}"
+        for k in ("locked.h5", "random.h5", "params.csv", "queries.csv", "cert.json", "pub.pem")
+    }
+    st.lock_stage(
+        prep_h5=d / "prep.h5",
+        boxes_csv=d / "boxes.csv",
+        metadata_csv=d / "metadata.csv",
+        saliency_h5=None,
+        source_model=d / "model.pt",
+        source_id="surrogate",
+        input_resolution=R,
+        logo_path=d / "logo.png",
+        task=TASK,
+        cfg=CFG,
+        code="0" * 64,
+        device="cpu",
+        threads=1,
+        out_locked=out["locked.h5"],
+        out_random=out["random.h5"],
+        out_params=out["params.csv"],
+        out_queries=out["queries.csv"],
+        out_certificate=out["cert.json"],
+        out_public_key=out["pub.pem"],
+        owner_dir=d / "owner",
+    )
+    return d, ids, out
+
+
+def test_lock_stage_keeps_off_lesions_and_logs_queries(locked_run):
+    d, ids, out = locked_run
+    params = pd.read_csv(out["params.csv"]).set_index("image_id")
+    assert params.loc[ids[0], "status"] == "skipped"
+    assert (params.drop(ids[0])["status"] == "locked").all()
+    assert (params.drop(ids[0])["queries"] <= 40).all()
+    boxes = boxes_in_pixels(pd.read_csv(d / "boxes.csv"), pd.read_csv(d / "metadata.csv"), R)
+    p = params.loc[ids[1]]
+    forb = forbidden_map(boxes[ids[1]], (R, R), 1.0)
+    assert (
+        footprint_overlap(forb, int(p["u"]), int(p["v"]), int(p["logo_h"]), int(p["logo_w"])) == 0
+    )
+    assert int(p["u"]) >= 16 + 1  # right of the left-half box and its margin
+    prep, locked = read_images(d / "prep.h5", range(N)), read_images(out["locked.h5"], range(N))
+    assert np.array_equal(prep[0], locked[0])  # the skipped image is released unchanged
+    assert not np.array_equal(prep[1], locked[1])
+    q = pd.read_csv(out["queries.csv"])
+    assert set(q["image_id"]) == set(ids[1:])
+
+
+def test_evaluate_attacks_examples(locked_run, tmp_path):
+    d, ids, out = locked_run
+    lock = {
+        "locked": str(out["locked.h5"]),
+        "random": str(out["random.h5"]),
+        "params": str(out["params.csv"]),
+        "model": str(d / "model.pt"),
+    }
+    models, res = {"surrogate": str(d / "model.pt")}, {"surrogate": R}
+    df = st.evaluate_stage(
+        prep_h5=d / "prep.h5",
+        locks={"surrogate": lock},
+        models=models,
+        input_resolutions=res,
+        boxes_csv=d / "boxes.csv",
+        metadata_csv=d / "metadata.csv",
+        device="cpu",
+        threads=1,
+        out_csv=tmp_path / "m.csv",
+        out_md=tmp_path / "m.md",
+        out_json=tmp_path / "s.json",
+    )
+    assert set(df["placement"]) == {"clean", "optimised", "random"}
+    assert df["white_box"].all()  # the only target is the source itself
+    s = json.loads((tmp_path / "s.json").read_text())["surrogate"]
+    assert s["lesion_overlap_pixels_total"] == 0 and s["n_skipped"] == 1
+    assert s["psnr_outside_min"] == math.inf and s["ssim_outside_min"] == pytest.approx(1.0)
+    assert "surrogate" in (tmp_path / "m.md").read_text()
+    att = st.attacks_stage(
+        prep_h5=d / "prep.h5",
+        lock=lock,
+        logo_path=d / "logo.png",
+        models=models,
+        input_resolutions=res,
+        cfg=CFG,
+        finetune_train={"epochs": 1, "batch_size": 4},
+        device="cpu",
+        threads=1,
+        out_csv=tmp_path / "a.csv",
+        out_md=tmp_path / "a.md",
+    )
+    assert att["attack"].str.startswith("inpaint").sum() == 2
+    assert att["attack"].str.startswith("fine-tune").sum() == 1
+    st.examples_stage(
+        prep_h5=d / "prep.h5",
+        lock=lock,
+        boxes_csv=d / "boxes.csv",
+        metadata_csv=d / "metadata.csv",
+        n=2,
+        out_png=tmp_path / "e.png",
+    )
+    assert (tmp_path / "e.png").stat().st_size > 1000
+
+
+def _verify(d, out, release, *extra):
+    return main(
+        [
+            "certificate",
+            "verify",
+            "--certificate",
+            str(out["cert.json"]),
+            "--public-key",
+            str(out["pub.pem"]),
+            "--release",
+            str(release),
+            *extra,
+        ]
+    )
+
+
+def test_certificate_verify_cli(locked_run, tmp_path, capsys):
+    d, ids, out = locked_run
+    logo = ["--originals", str(d / "prep.h5"), "--logo", str(d / "logo.png")]
+    assert _verify(d, out, out["locked.h5"], *logo) == 0
+    # one changed pixel in a copy
+    table = read_table(out["locked.h5"])
+    imgs = read_images(out["locked.h5"], table["row"])
+    imgs[3, 4, 4] ^= 1
+    with H5ImageWriter(tmp_path / "copy.h5", N, R) as w:
+        for k, r in enumerate(table.itertuples(index=False)):
+            w.append(
+                imgs[k],
+                r.image_id,
+                r.patient,
+                r.split,
+                table.loc[k, list(OBSERVATIONS)].to_numpy(np.float32),
+            )
+        w.close()
+    assert _verify(d, out, tmp_path / "copy.h5") == 1
+    assert ids[3] in capsys.readouterr().err
+    # an edited certificate and a certificate checked with another owner's key
+    cert = json.loads(out["cert.json"].read_text())
+    cert["records"][0]["alpha"] += 0.01
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(cert))
+    assert (
+        main(
+            [
+                "certificate",
+                "verify",
+                "--certificate",
+                str(bad),
+                "--public-key",
+                str(out["pub.pem"]),
+                "--release",
+                str(out["locked.h5"]),
+            ]
+        )
+        == 1
+    )
+    from medmark.methods.medlocker.certificate import new_signing_key, write_public_key
+
+    write_public_key(tmp_path / "other.pem", new_signing_key().public_key())
+    assert (
+        main(
+            [
+                "certificate",
+                "verify",
+                "--certificate",
+                str(out["cert.json"]),
+                "--public-key",
+                str(tmp_path / "other.pem"),
+                "--release",
+                str(out["locked.h5"]),
+            ]
+        )
+        == 1
+    )
+    assert "signature does not match" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "certificate",
+                "verify",
+                "--certificate",
+                str(tmp_path / "nope.json"),
+                "--public-key",
+                str(out["pub.pem"]),
+                "--release",
+                str(out["locked.h5"]),
+            ]
+        )
+        == 2
+    )
+
+
+def test_unlock_cli_restores_bytes_and_refuses_bad_keys_and_packages(locked_run, tmp_path, capsys):
+    d, ids, out = locked_run
+    owner = d / "owner"
+    args = ["unlock", "--locked", str(out["locked.h5"]), "--packages", str(owner / "restore")]
+    assert (
+        main([*args, "--key", str(owner / "restore_key.hex"), "--out", str(tmp_path / "r.h5")]) == 0
+    )
+    assert (
+        read_images(tmp_path / "r.h5", range(N)).tobytes()
+        == read_images(d / "prep.h5", range(N)).tobytes()
+    )
+    wrong = tmp_path / "wrong.hex"
+    wrong.write_text("11" * 32)
+    assert main([*args, "--key", str(wrong), "--out", str(tmp_path / "w.h5")]) == 1
+    assert "wrong key" in capsys.readouterr().err and not (tmp_path / "w.h5").exists()
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    for f in (owner / "restore").iterdir():
+        (pkgs / f.name).write_bytes(f.read_bytes())
+    victim = sorted(pkgs.iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:-3])
+    key = ["--key", str(owner / "restore_key.hex")]
+    assert (
+        main(
+            [
+                "unlock",
+                "--locked",
+                str(out["locked.h5"]),
+                "--packages",
+                str(pkgs),
+                *key,
+                "--out",
+                str(tmp_path / "t.h5"),
+            ]
+        )
+        == 1
+    )
+    assert "tampered or truncated" in capsys.readouterr().err
+    short = tmp_path / "short.hex"
+    short.write_text("11" * 8)
+    assert main([*args, "--key", str(short), "--out", str(tmp_path / "s.h5")]) == 2
