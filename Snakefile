@@ -8,6 +8,7 @@ include: "rules/provenance.smk"
 include: "rules/data.smk"
 include: "rules/saliency.smk"
 include: "rules/xmark.smk"
+include: "rules/release.smk"
 include: "rules/suspects.smk"
 include: "rules/verify.smk"
 include: "rules/attacks.smk"
@@ -37,6 +38,8 @@ localrules:
     report_diagnostics,
     xmark_quality_table,
     report_provenance,
+    report_comparison,
+    baselines,
 
 
 from medmark.cluster import (
