@@ -162,6 +162,26 @@ def release_params(**fixed):
     }
 
 
+def generic_release_inputs(wc):
+    """Inputs of the generic release rule: prep and metadata, the surrogate when the method's
+    registry entry asks for it."""
+    out = {
+        "prep": [f"results/prep/r{res}.h5" for res in RELEASE_RES],
+        "metadata": "results/data/metadata.csv",
+    }
+    if METHOD_REGISTRY.METHODS[wc.method].surrogate:
+        out["surrogate"] = f"results/surrogate/{surrogate_tag()}/model.pt"
+    return out
+
+
+def generic_method_cfg(wc):
+    """A generic method's config section (+ the surrogate's input resolution when it uses it)."""
+    cfg = vcfg(wc.variant)["baselines"][wc.method]
+    if METHOD_REGISTRY.METHODS[wc.method].surrogate:
+        cfg = cfg | {"surrogate_resolution": config["surrogate"]["resolution"]}
+    return cfg
+
+
 def check_methods():
     """Every configured method is registered (the schema cannot see the registry)."""
     for name, c in VARIANT_CONFIGS.items():

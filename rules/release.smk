@@ -5,8 +5,7 @@
 
 rule method_release:
     input:
-        prep=expand("results/prep/r{res}.h5", res=RELEASE_RES),
-        metadata="results/data/metadata.csv",
+        unpack(generic_release_inputs),
     output:
         **release_outputs(),
     log:
@@ -26,6 +25,6 @@ rule method_release:
     params:
         **release_params(),
         method=lambda wc: wc.method,
-        method_cfg=lambda wc: vcfg(wc.variant)["baselines"][wc.method],
+        method_cfg=generic_method_cfg,
     script:
         "../scripts/release.py"

@@ -19,6 +19,7 @@ from medmark.data.h5 import read_images, read_table
 from medmark.data.labels import OBSERVATIONS, task_labels
 from medmark.methods.base import WatermarkMethod
 from medmark.methods.registry import BASELINES, GENERIC, METHODS, method_class
+from medmark.models import build_classifier, load_classifier, save_classifier
 from medmark.stages.release import release_stage
 from tests.release_data import release_dataset
 
@@ -34,8 +35,25 @@ def schema_cfg(method: str) -> dict:
     return {k: v["default"] for k, v in props["properties"].items()}
 
 
-def build(method: str, key: int = 1) -> WatermarkMethod:
-    return method_class(method)(key, 1, schema_cfg(method))
+@pytest.fixture(scope="module")
+def surrogate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean classifier checkpoint (random weights: enough for a gradient to follow)."""
+    path = tmp_path_factory.mktemp("surrogate") / "model.pt"
+    save_classifier(build_classifier("resnet18", seed=0), path)
+    return path
+
+
+def method_cfg(method: str) -> dict:
+    """As the release rule passes it: the schema's defaults (+ the surrogate's resolution)."""
+    extra = {"surrogate_resolution": R} if METHODS[method].surrogate else {}
+    return schema_cfg(method) | extra
+
+
+def build(method: str, surrogate: Path, key: int = 1) -> WatermarkMethod:
+    wm = method_class(method)(key, 1, method_cfg(method))
+    if METHODS[method].surrogate:
+        wm.use_surrogate(load_classifier(surrogate), R, "cpu")
+    return wm
 
 
 def test_registry_entries_match_their_classes() -> None:
@@ -51,8 +69,8 @@ def test_registry_entries_match_their_classes() -> None:
 
 @pytest.mark.parametrize("method", BASELINES)
 @pytest.mark.parametrize("res", [32, 64])
-def test_marks_stay_inside_the_stated_budget(method: str, res: int) -> None:
-    wm = build(method)
+def test_marks_stay_inside_the_stated_budget(method: str, res: int, surrogate: Path) -> None:
+    wm = build(method, surrogate)
     rng = np.random.default_rng(res)
     x = rng.integers(0, 256, size=(6, res, res), dtype=np.uint8)
     if "max_shift_px" in wm.budget():  # a warp: on a ramp, |x' - x| <= slope * shift
@@ -66,29 +84,32 @@ def test_marks_stay_inside_the_stated_budget(method: str, res: int) -> None:
     assert (diff.reshape(len(x), -1).max(axis=1) > 0).all()  # every image carries the mark
     budget = wm.budget()
     assert budget, f"{method} states no budget"
+    inside = np.zeros((res, res), bool)  # the corner patch (BadNets-style triggers)
+    if "patch_frac" in budget:
+        side = max(wm.cfg["cells"], round(budget["patch_frac"] * res))
+        inside[-side:, -side:] = True
+    outside = diff[:, ~inside]
     if "linf" in budget:
-        assert diff.max() <= budget["linf"] * 255 + 0.5
+        assert outside.max() <= budget["linf"] * 255 + 0.5
+    elif "patch_frac" in budget:
+        assert not outside.any()
     if "max_shift_px" in budget:
         slope = 255 / (res - 1)
         assert diff.max() <= budget["max_shift_px"] * slope + 1
-    if "patch_frac" in budget:
-        side = max(wm.cfg["cells"], round(budget["patch_frac"] * res))
-        inside = np.zeros((res, res), bool)
-        inside[-side:, -side:] = True
-        assert not diff[:, ~inside].any()
 
 
 @pytest.mark.parametrize("method", BASELINES)
-def test_one_key_one_mark_and_other_keys_other_marks(method: str) -> None:
+def test_one_key_one_mark_and_other_keys_other_marks(method: str, surrogate: Path) -> None:
     x = np.random.default_rng(0).integers(0, 256, size=(4, R, R), dtype=np.uint8)
-    a, b, c = build(method, 11).mark(x), build(method, 11).mark(x), build(method, 12).mark(x)
+    a, b, c = (build(method, surrogate, k).mark(x) for k in (11, 11, 12))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
-def _release(ds: dict[str, Path], method: str, out: str, key: int) -> dict:
+def _release(ds: dict[str, Path], method: str, out: str, key: int, surrogate: Path) -> dict:
     return release_stage(
-        method=method, method_cfg=schema_cfg(method), key=key, inputs={}, saliency=None,
+        method=method, method_cfg=method_cfg(method), key=key,
+        inputs={"surrogate": str(surrogate)}, saliency=None,
         prep={R: str(ds["prep"])},
         metadata_csv=ds["metadata"], release_dir=ds["root"] / out / "release",
         owner_dir=ds["root"] / out / "owner", working_resolution=R, task=TASK,
@@ -107,10 +128,12 @@ def _tree_bytes(d: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("method", BASELINES)
-def test_release_changes_exactly_what_it_records(tmp_path: Path, method: str) -> None:
+def test_release_changes_exactly_what_it_records(
+    tmp_path: Path, method: str, surrogate: Path
+) -> None:
     ds = release_dataset(tmp_path, R, OBS)
     key = 1234567
-    owner = _release(ds, method, "a", key)
+    owner = _release(ds, method, "a", key, surrogate)
     src, rel_h5 = read_table(ds["prep"]), ds["root"] / "a" / "release" / f"r{R}.h5"
     rel = read_table(rel_h5)
     src = src[src["split"] == "release"].reset_index(drop=True)
@@ -153,6 +176,6 @@ def test_release_changes_exactly_what_it_records(tmp_path: Path, method: str) ->
             assert not any(n in blob for n in needles), p
 
     # the same key gives a byte-identical release (and owner secret)
-    _release(ds, method, "b", key)
+    _release(ds, method, "b", key, surrogate)
     assert _tree_bytes(ds["root"] / "a" / "release") == _tree_bytes(ds["root"] / "b" / "release")
     assert _tree_bytes(owner_dir) == _tree_bytes(ds["root"] / "b" / "owner")

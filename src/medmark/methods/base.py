@@ -32,6 +32,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+#: The :meth:`WatermarkMethod.mark` group of the owner's verification queries (the trigger as a
+#: suspect would meet it; e.g. Label-Consistent's queries carry no adversarial hardening).
+VERIFY_GROUP = "verification"
+
 LabelMode = Literal["clean", "poison"]
 VerificationTest = Literal["targeted", "untargeted"]
 
@@ -215,7 +219,8 @@ class WatermarkMethod(ABC):
     ) -> np.ndarray:
         """Marked uint8 ``(N, R, R)`` of uint8 ``images``; ``saliency`` float ``(N, R, R)`` when
         :attr:`needs_saliency`; ``keys`` per image for keyed variants (decoys); ``group`` names
-        the :class:`Selection` group being marked (e.g. WaNet's noise samples)."""
+        the :class:`Selection` group being marked (e.g. WaNet's noise samples), or
+        :data:`VERIFY_GROUP` for the verification queries."""
 
     def verification_decoys(
         self, clean: np.ndarray, saliency: np.ndarray | None

@@ -18,13 +18,17 @@ from typing import Any
 class MethodEntry:
     """``target``: ``module:Class`` of the implementation; ``release``: ``"xmark"`` (its own
     generator and release rules) or ``"generic"`` (the ``method_release`` rule);
-    ``label_mode`` / ``verification`` mirror the class's attributes (checked by the tests)."""
+    ``label_mode`` / ``verification`` mirror the class's attributes (checked by the tests);
+    ``baseline``: built by the ``baselines`` target."""
 
     target: str
     release: str
     label_mode: str
     verification: str
     baseline: bool
+    #: the release rule passes the owner's clean surrogate (``inputs["surrogate"]``) and its
+    #: input resolution (``cfg["surrogate_resolution"]``)
+    surrogate: bool = False
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -37,6 +41,14 @@ METHODS: dict[str, MethodEntry] = {
     ),
     "wanet": MethodEntry("medmark.methods.wanet:WaNet", "generic", "poison", "targeted", True),
     "ubw_p": MethodEntry("medmark.methods.ubw:UBWP", "generic", "poison", "untargeted", True),
+    "label_consistent": MethodEntry(
+        "medmark.methods.label_consistent:LabelConsistent",
+        "generic",
+        "clean",
+        "targeted",
+        True,
+        surrogate=True,
+    ),
 }
 
 #: Methods released by the generic ``method_release`` rule.

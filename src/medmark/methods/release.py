@@ -39,7 +39,7 @@ from medmark.data.h5 import H5ImageWriter, read_images, read_table
 from medmark.data.labels import IGNORE, OBSERVATIONS, task_labels
 from medmark.errors import DataFormatError
 from medmark.io import atomic_path, sha256_file, write_json_atomic
-from medmark.methods.base import Selection, WatermarkMethod, poison_budget
+from medmark.methods.base import VERIFY_GROUP, Selection, WatermarkMethod, poison_budget
 from medmark.verify import choose_verification_rows
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ def write_verification_h5(
     vrows = choose_verification_rows(y, splits, method.target_class, n_images, verify_seed)
     clean = read_images(prep_h5, vrows)
     maps = read_maps(Path(str(saliency_h5)), vrows) if method.needs_saliency else None
-    wm = method.mark(clean, saliency=maps)
+    wm = method.mark(clean, saliency=maps, group=VERIFY_GROUP)
     check_marked(clean, wm, f"{path} watermarked")
     decoys = method.verification_decoys(clean, maps)
     trows = np.flatnonzero((splits == "test") & (y != IGNORE))

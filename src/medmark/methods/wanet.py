@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from medmark.methods.base import (
+    VERIFY_GROUP,
     Group,
     Selection,
     WatermarkMethod,
@@ -93,7 +94,7 @@ class WaNet(WatermarkMethod):
         if group == "noise":
             ins = torch.from_numpy(self._noise.random((n, res, res, 2), dtype=np.float32))
             grid = torch.clamp(grid + (2 * ins - 1) / res, -1, 1)
-        elif group != "poisoned":
+        elif group not in ("poisoned", VERIFY_GROUP):
             raise ValueError(f"wanet: unknown group {group!r}")
         out = F.grid_sample(x, grid, align_corners=True)
         return quantise(out[:, 0].numpy().astype(np.float64))
