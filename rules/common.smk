@@ -176,9 +176,12 @@ def generic_release_inputs(wc):
 
 def generic_method_cfg(wc):
     """A generic method's config section (+ the surrogate's input resolution when it uses it)."""
+    entry = METHOD_REGISTRY.METHODS[wc.method]
     cfg = vcfg(wc.variant)["baselines"][wc.method]
-    if METHOD_REGISTRY.METHODS[wc.method].surrogate:
+    if entry.surrogate:
         cfg = cfg | {"surrogate_resolution": config["surrogate"]["resolution"]}
+    if entry.xmark_section:
+        cfg = cfg | {"xmark": vcfg(wc.variant)["xmark"]}
     return cfg
 
 

@@ -19,7 +19,7 @@ from medmark.data.h5 import read_images, read_table
 from medmark.data.labels import OBSERVATIONS, task_labels
 from medmark.methods.base import WatermarkMethod
 from medmark.methods.registry import BASELINES, GENERIC, METHODS, method_class
-from medmark.models import build_classifier, load_classifier, save_classifier
+from medmark.models import build_classifier, save_classifier
 from medmark.stages.release import release_stage
 from tests.release_data import release_dataset
 
@@ -43,16 +43,31 @@ def surrogate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+#: A small X-Mark section for the generator-based baselines (one epoch on the tiny fixture).
+TINY_XMARK = {
+    "resolution": R,
+    "base_channels": 4,
+    "depth": 2,
+    "epochs": 4,
+    "batch_size": 8,
+    "lr": 0.05,
+}
+
+
 def method_cfg(method: str) -> dict:
-    """As the release rule passes it: the schema's defaults (+ the surrogate's resolution)."""
-    extra = {"surrogate_resolution": R} if METHODS[method].surrogate else {}
-    return schema_cfg(method) | extra
+    """As the release rule passes it: the schema's defaults (+ the surrogate's resolution and
+    the xmark section where the registry entry asks for them)."""
+    entry = METHODS[method]
+    extra = {"surrogate_resolution": R} if entry.surrogate else {}
+    return schema_cfg(method) | extra | ({"xmark": TINY_XMARK} if entry.xmark_section else {})
 
 
 def build(method: str, surrogate: Path, key: int = 1) -> WatermarkMethod:
+    """The method through its interface: built, prepared with the rule's inputs, fitted."""
     wm = method_class(method)(key, 1, method_cfg(method))
-    if METHODS[method].surrogate:
-        wm.use_surrogate(load_classifier(surrogate), R, "cpu")
+    wm.prepare({"surrogate": str(surrogate)}, "cpu")
+    rng = np.random.default_rng(0)
+    wm.fit(rng.integers(0, 256, (16, R, R), dtype=np.uint8), np.arange(16) % 2, "cpu")
     return wm
 
 
@@ -145,6 +160,9 @@ def test_release_changes_exactly_what_it_records(
     assert changed_labels == owner["label_changed"]
     other = [c for c in OBSERVATIONS if c != OBS]  # only the target observation may change
     np.testing.assert_array_equal(rel[other].to_numpy(), src[other].to_numpy())
+    raw0, raw1 = src[OBS].to_numpy(), rel[OBS].to_numpy()
+    raw_changed = ids[~((raw0 == raw1) | (np.isnan(raw0) & np.isnan(raw1)))]
+    assert set(raw_changed.tolist()) == set(changed_labels)  # raw values change only there
     img0 = read_images(ds["prep"], src["row"].to_numpy())
     img1 = read_images(rel_h5, rel["row"].to_numpy())
     changed_images = set(ids[(img0 != img1).any(axis=(1, 2))].tolist())
@@ -168,7 +186,7 @@ def test_release_changes_exactly_what_it_records(
     owner_dir = ds["root"] / "a" / "owner"
     secret_hashes = {hashlib.sha256(p.read_bytes()).hexdigest() for p in owner_dir.iterdir()}
     needles = [str(key).encode(), json.dumps(owner["poisoned_ids"]).encode()]
-    needles += [owner["trigger"]["sha256"].encode()]
+    needles += [h.encode() for h in secret_hashes]  # no owner file named by its hash
     for p in (ds["root"] / "a" / "release").rglob("*"):
         if p.is_file():
             blob = p.read_bytes()

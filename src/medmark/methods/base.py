@@ -162,10 +162,15 @@ class WatermarkMethod(ABC):
         from medmark.data.h5 import read_images
 
         method = cls(key, target_class, cfg)
+        method.prepare(inputs, device)
         data = labeled_split(inputs["prep_working"], dict(task), "release")
         rows = data.images.rows
         method.fit(read_images(inputs["prep_working"], rows), data.y_by_row[rows], device)
         return method
+
+    def prepare(self, inputs: Mapping[str, Any], device: Any) -> None:  # noqa: B027
+        """Load what :meth:`fit` and :meth:`mark` need from the release rule's input files
+        (e.g. the owner's clean surrogate). Default: nothing."""
 
     def fit(self, images: np.ndarray, labels: np.ndarray, device: Any) -> None:  # noqa: B027
         """Learn the secret from the owner's release split (uint8 ``(N, R, R)``, task labels).

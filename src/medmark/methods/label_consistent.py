@@ -34,7 +34,13 @@ class LabelConsistent(BadNets):
     name: ClassVar[str] = "label_consistent"
     label_mode = "clean"
     verification = "targeted"
-    settings: ClassVar[tuple[str, ...]] = ("patch_frac", "cells", "eps", "steps")
+    settings: ClassVar[tuple[str, ...]] = (
+        "patch_frac",
+        "cells",
+        "eps",
+        "steps",
+        "surrogate_resolution",
+    )
     citation: ClassVar[str] = "Turner, Tsipras, Madry, Label-Consistent Backdoor Attacks (2019)"
     tag: ClassVar[int] = 0x1C
 
@@ -47,26 +53,14 @@ class LabelConsistent(BadNets):
         self.surrogate_resolution: int | None = None
         self.device = torch.device("cpu")
 
-    @classmethod
-    def for_release(
-        cls,
-        key: int,
-        target_class: int,
-        cfg: Mapping[str, Any],
-        *,
-        task: Mapping[str, Any],
-        inputs: Mapping[str, Any],
-        device: Any,
-    ) -> LabelConsistent:
-        """With the owner's clean surrogate (``inputs["surrogate"]``, queried at
-        ``cfg["surrogate_resolution"]``); nothing else to fit."""
+    def prepare(self, inputs: Mapping[str, Any], device: Any) -> None:
+        """The owner's clean surrogate (``inputs["surrogate"]``, queried at
+        ``cfg["surrogate_resolution"]``)."""
         from medmark.models import load_classifier
 
-        method = cls(key, target_class, cfg)
-        method.use_surrogate(
-            load_classifier(inputs["surrogate"]), int(cfg["surrogate_resolution"]), device
+        self.use_surrogate(
+            load_classifier(inputs["surrogate"]), int(self.cfg["surrogate_resolution"]), device
         )
-        return method
 
     def use_surrogate(self, model: torch.nn.Module, resolution: int, device: Any) -> None:
         """The clean model the adversarial perturbations are computed against."""

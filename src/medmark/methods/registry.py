@@ -29,6 +29,8 @@ class MethodEntry:
     #: the release rule passes the owner's clean surrogate (``inputs["surrogate"]``) and its
     #: input resolution (``cfg["surrogate_resolution"]``)
     surrogate: bool = False
+    #: the release rule passes the variant's ``xmark`` section as ``cfg["xmark"]``
+    xmark_section: bool = False
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -48,6 +50,15 @@ METHODS: dict[str, MethodEntry] = {
         "targeted",
         True,
         surrogate=True,
+    ),
+    "sscl_bw": MethodEntry(
+        "medmark.methods.sscl_bw:SSCLBW",
+        "generic",
+        "clean",
+        "targeted",
+        True,
+        surrogate=True,
+        xmark_section=True,
     ),
 }
 

@@ -217,16 +217,21 @@ def _release_table(prep_h5: Path) -> tuple[pd.DataFrame, np.ndarray, int, dict[s
     return table_all, rel_rows, res, src_attrs
 
 
-def _relabel(labels14: np.ndarray, selection: Selection, target_observation: str) -> np.ndarray:
-    """The release's 14 labels: each labelled group's rows get their new task label (1.0 or 0.0
-    in the target observation: the same task label under every uncertainty policy)."""
+def _relabel(
+    labels14: np.ndarray, y: np.ndarray, selection: Selection, target_observation: str
+) -> np.ndarray:
+    """The release's 14 labels: each labelled group's rows whose task label ``y`` differs from
+    the new one get it (1.0 or 0.0 in the target observation: the same task label under every
+    uncertainty policy); a row whose new label equals its own keeps its raw value, so the raw
+    labels change exactly where the task labels do."""
     out = labels14.copy()
     col = OBSERVATIONS.index(target_observation)
     for g in selection.groups.values():
         if g.labels is not None:
             if not np.isin(g.labels, (0, 1)).all():
                 raise ValueError(f"new task labels must be 0 or 1, got {np.unique(g.labels)}")
-            out[g.rows, col] = g.labels.astype(np.float32)
+            change = g.labels != y[g.rows]
+            out[g.rows[change], col] = g.labels[change].astype(np.float32)
     return out
 
 
@@ -280,7 +285,7 @@ def write_release(
         scores = np.array([poison_scores.get(i, np.nan) for i in ids.tolist()])
         scores[y != method.target_class] = np.inf  # only target rows are candidates
     selection = method.select(y, poison_rate, seed, scores)
-    out_labels14 = _relabel(labels14, selection, target_observation)
+    out_labels14 = _relabel(labels14, y, selection, target_observation)
     y_out = task_labels(out_labels14, target_observation, uncertainty)
     # row -> (group, position in group) in the order groups are marked
     member: dict[str, np.ndarray] = {}
