@@ -8,6 +8,7 @@ include: "rules/provenance.smk"
 include: "rules/data.smk"
 include: "rules/saliency.smk"
 include: "rules/xmark.smk"
+include: "rules/release.smk"
 include: "rules/suspects.smk"
 include: "rules/verify.smk"
 include: "rules/attacks.smk"
@@ -41,6 +42,8 @@ localrules:
     medlocker,
     medlocker_default_logo,
     medlocker_examples,
+    report_comparison,
+    baselines,
 
 
 from medmark.cluster import (

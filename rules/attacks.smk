@@ -10,12 +10,12 @@ rule attack_model:
         ),
         data=lambda wc: f"results/prep/r{suspect_data_res(vcfg(wc.variant))}.h5",
     output:
-        model="results/{variant}/{method}/attacked/{scenario}/{arch}/seed{seed}/{attack}/model.pt",
-        metrics="results/{variant}/{method}/attacked/{scenario}/{arch}/seed{seed}/{attack}/metrics.json",
+        model=mpattern("attacked/{scenario}/{arch}/seed{seed}/{attack}/model.pt"),
+        metrics=mpattern("attacked/{scenario}/{arch}/seed{seed}/{attack}/metrics.json"),
     log:
-        logf("{variant}/{method}/attacked/{scenario}/{arch}/seed{seed}/{attack}"),
+        mlog("attacked/{scenario}/{arch}/seed{seed}/{attack}"),
     benchmark:
-        bench("{variant}/{method}/attacked/{scenario}/{arch}/seed{seed}/{attack}")
+        mbench("attacked/{scenario}/{arch}/seed{seed}/{attack}")
     wildcard_constraints:
         attack=MODEL_ATTACK_REGEX,
     conda:

@@ -28,17 +28,19 @@ configfile: "config/config.yaml"
 validate(config, "../config/schema.yaml")
 
 
-def _load_attack_grammar():
-    """medmark.attacks.spec (pure Python) loaded by path: the workflow needs no torch import."""
-    path = Path(workflow.basedir) / "src" / "medmark" / "attacks" / "spec.py"
-    spec = importlib.util.spec_from_file_location("medmark_attack_grammar", path)
-    grammar = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = grammar  # dataclasses look their module up there
-    spec.loader.exec_module(grammar)
-    return grammar
+def _load_by_path(name, relpath):
+    """A pure-Python module of src/medmark loaded by path: the workflow needs no torch import."""
+    path = Path(workflow.basedir) / "src" / "medmark" / relpath
+    spec = importlib.util.spec_from_file_location(name, path)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded  # dataclasses look their module up there
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
-ATTACK_GRAMMAR = _load_attack_grammar()
+ATTACK_GRAMMAR = _load_by_path("medmark_attack_grammar", "attacks/spec.py")
+# The watermark methods (src/medmark/methods/registry.py): the {method} wildcard's vocabulary.
+METHOD_REGISTRY = _load_by_path("medmark_method_registry", "methods/registry.py")
 ATTACK_REGEX = ATTACK_GRAMMAR.WILDCARD_REGEX
 MODEL_ATTACK_REGEX = "|".join(
     "(?:{})".format(re.sub(r"\((?!\?)", "(?:", body))
@@ -54,7 +56,10 @@ def attack_kind(name):
 SCENARIOS = ["Malicious", "Ind-W", "Ind-D", "Ind-M"]
 # Scenarios whose training data never saw our watermark: shared by every variant.
 CLEAN_SCENARIOS = ["Ind-D", "Ind-M"]
-METHODS = ["xmark"]
+METHODS = list(METHOD_REGISTRY.METHODS)
+# Methods released by rules/release.smk (X-Mark has its own generator and release rules).
+GENERIC_METHODS = METHOD_REGISTRY.GENERIC
+BASELINES = METHOD_REGISTRY.BASELINES
 # {wm}: "owner" (the owner's key) or "indep{i}" (the i-th of xmark.independent_keys).
 WM_REGEX = r"owner|indep\d+"
 
@@ -93,6 +98,102 @@ wildcard_constraints:
     key=r"\d+",
     variant=r"[A-Za-z0-9_]+",
     attack=ATTACK_REGEX,
+
+
+# ---- per-method paths: every results/{variant}/{method}/... path is built here ----
+METHOD_ROOT = "results/{variant}/{method}"
+
+
+def mpattern(tail, **fixed):
+    """The path pattern ``results/{variant}/{method}/{tail}`` with ``fixed`` wildcards filled
+    (the others stay ``{name}`` for Snakemake)."""
+    out = f"{METHOD_ROOT}/{tail}"
+    for name, value in fixed.items():
+        out = out.replace(f"{{{name}}}", str(value))
+    return out
+
+
+def mfile(variant, method, tail):
+    """A concrete path ``results/{variant}/{method}/{tail}`` (``tail`` without wildcards)."""
+    return mpattern(tail, variant=variant, method=method)
+
+
+def mlog(tail):
+    """Log file of a per-method job (results/logs/{variant}/{method}/{tail}.log)."""
+    return logf(mpattern(tail).removeprefix("results/"))
+
+
+def mbench(tail):
+    """Benchmark file of a per-method job."""
+    return bench(mpattern(tail).removeprefix("results/"))
+
+
+def release_outputs(**fixed):
+    """Output patterns of the release rules (any method); HDF5 per resolution, the owner's secret,
+    its verification files and the release quality; ``{wm}`` and unfilled wildcards stay.
+    """
+    return {
+        "release": [
+            mpattern(f"{{wm}}/release/r{res}.h5", **fixed) for res in RELEASE_RES
+        ],
+        "owner": mpattern("{wm}/owner/owner.json", **fixed),
+        "verification": [
+            mpattern(f"{{wm}}/owner/verification_r{res}.h5", **fixed)
+            for res in RELEASE_RES
+        ],
+        "quality": mpattern("{wm}/owner/quality.csv", **fixed),
+    }
+
+
+def release_params(**fixed):
+    """Params of a release rule (any method) besides ``method`` and ``method_cfg``."""
+    return {
+        "key": lambda wc: wm_key(vcfg(wc.variant), wc.wm),
+        "resolutions": RELEASE_RES,
+        "working_resolution": xres,
+        "release_dir": mpattern("{wm}/release", **fixed),
+        "owner_dir": mpattern("{wm}/owner", **fixed),
+        # An independent key's release only feeds Ind-W suspects, which read its HDF5: no tree.
+        "release_cfg": lambda wc: vcfg(wc.variant)["release"]
+        | ({} if wc.wm == "owner" else {"image_tree": False}),
+        "verify_cfg": lambda wc: vcfg(wc.variant)["verify"],
+        "task": config["task"],
+        "device": config["device"],
+    }
+
+
+def generic_release_inputs(wc):
+    """Inputs of the generic release rule: prep and metadata, the surrogate when the method's
+    registry entry asks for it."""
+    out = {
+        "prep": [f"results/prep/r{res}.h5" for res in RELEASE_RES],
+        "metadata": "results/data/metadata.csv",
+    }
+    if METHOD_REGISTRY.METHODS[wc.method].surrogate:
+        out["surrogate"] = f"results/surrogate/{surrogate_tag()}/model.pt"
+    return out
+
+
+def generic_method_cfg(wc):
+    """A generic method's config section (+ the surrogate's input resolution when it uses it)."""
+    entry = METHOD_REGISTRY.METHODS[wc.method]
+    cfg = vcfg(wc.variant)["baselines"][wc.method]
+    if entry.surrogate:
+        cfg = cfg | {"surrogate_resolution": config["surrogate"]["resolution"]}
+    if entry.xmark_section:
+        cfg = cfg | {"xmark": vcfg(wc.variant)["xmark"]}
+    return cfg
+
+
+def check_methods():
+    """Every configured method is registered (the schema cannot see the registry)."""
+    for name, c in VARIANT_CONFIGS.items():
+        unknown = sorted(set(c["methods"]) - set(METHODS))
+        if unknown:
+            raise ValueError(
+                f"variant {name!r}: methods {unknown} are not registered in "
+                f"src/medmark/methods/registry.py (known: {METHODS})"
+            )
 
 
 def deep_merge(base, overlay):
@@ -255,6 +356,7 @@ def check_variant_resolutions():
 
 check_variant_resolutions()
 check_keys()
+check_methods()
 
 
 # Keys do not enter a generator's identity beyond its own key: decoys and key lists only shape the
@@ -280,7 +382,7 @@ def generator_variant(variant):
 
 def generator_dir(variant, key):
     """One generator per (generator variant, key): results/{gvariant}/xmark/key{key}/generator."""
-    return f"results/{generator_variant(variant)}/xmark/key{key}/generator"
+    return mfile(generator_variant(variant), "xmark", f"key{key}/generator")
 
 
 def generator_path(wc):
@@ -304,12 +406,17 @@ def reference_model(c, arch):
     return f"results/reference/{arch}/r{res}_from{dres}/model.pt"
 
 
+def method_outputs(variant, method, wm="owner"):
+    """What one release of ``method`` under watermark ``wm`` builds (X-Mark: its generator too)."""
+    out = release_outputs(variant=variant, method=method, wm=wm)
+    files = [out["owner"], *out["release"]]
+    if method == "xmark":
+        files.insert(0, f"{generator_dir(variant, wm_key(vcfg(variant), wm))}/loss.csv")
+    return files
+
+
 def xmark_outputs(variant, wm="owner"):
-    base = f"results/{variant}/xmark/{wm}"
-    gen = f"{generator_dir(variant, wm_key(vcfg(variant), wm))}/loss.csv"
-    out = [gen, f"{base}/owner/owner.json"]
-    out += [f"{base}/release/r{r}.h5" for r in RELEASE_RES]
-    return out
+    return method_outputs(variant, "xmark", wm)
 
 
 # ---- helpers of rules/suspects.smk ----
@@ -344,7 +451,7 @@ def suspect_model(variant, method, scenario, arch, seed):
         res, dres = c["suspects"]["resolution"], suspect_data_res(c)
         ep = suspect_train_cfg(c, arch)["epochs"]
         return f"results/clean_suspects/{scenario}/{arch}/r{res}_from{dres}_e{ep}/seed{seed}/model.pt"
-    return f"results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/model.pt"
+    return mfile(variant, method, f"suspects/{scenario}/{arch}/seed{seed}/model.pt")
 
 
 # ---- helpers of rules/verify.smk ----
@@ -364,9 +471,7 @@ def verify_wm(c, vscenario, seed):
 
 def verify_inputs(wc):
     c = vcfg(wc.variant)
-    owner = (
-        f"results/{wc.variant}/{wc.method}/{verify_wm(c, wc.vscenario, wc.seed)}/owner"
-    )
+    owner = mfile(wc.variant, wc.method, f"{verify_wm(c, wc.vscenario, wc.seed)}/owner")
     model_scenario = VERIFY_MODEL_SCENARIO[wc.vscenario]
     mseed = (
         int(wc.seed) % c["suspects"]["malicious_seeds"]
@@ -374,7 +479,11 @@ def verify_inputs(wc):
         else wc.seed
     )
     if attack_kind(wc.attack) == "model":
-        model = f"results/{wc.variant}/{wc.method}/attacked/{model_scenario}/{wc.arch}/seed{mseed}/{wc.attack}/model.pt"
+        model = mfile(
+            wc.variant,
+            wc.method,
+            f"attacked/{model_scenario}/{wc.arch}/seed{mseed}/{wc.attack}/model.pt",
+        )
     else:
         model = suspect_model(wc.variant, wc.method, model_scenario, wc.arch, mseed)
     return {
@@ -393,7 +502,11 @@ def verify_targets(variant="main", method="xmark", attacks=("none",)):
             for seed in seeds:
                 for attack in attacks:
                     out.append(
-                        f"results/{variant}/{method}/verify/{scenario}/{arch}/seed{seed}/{attack}/summary.json"
+                        mfile(
+                            variant,
+                            method,
+                            f"verify/{scenario}/{arch}/seed{seed}/{attack}/summary.json",
+                        )
                     )
     return out
 
@@ -439,7 +552,11 @@ def attack_targets(variant="main", method="xmark"):
             for seed in range(min(n, c["attacks"]["seeds"])):
                 for attack in attack_names(c):
                     out.append(
-                        f"results/{variant}/{method}/verify/{scenario}/{arch}/seed{seed}/{attack}/summary.json"
+                        mfile(
+                            variant,
+                            method,
+                            f"verify/{scenario}/{arch}/seed{seed}/{attack}/summary.json",
+                        )
                     )
     return out
 
@@ -492,7 +609,9 @@ def sweep_inputs(sweep):
         for scen in sw["scenarios"]:
             for seed in seeds_for(c, scen)[: sw["seeds"]]:
                 out.append(
-                    f"results/{v}/xmark/verify/{scen}/{arch}/seed{seed}/none/summary.json"
+                    mfile(
+                        v, "xmark", f"verify/{scen}/{arch}/seed{seed}/none/summary.json"
+                    )
                 )
     return out
 

@@ -3,7 +3,11 @@
 
 rule report_tables:
     input:
-        summaries=lambda wc: verify_targets(wc.variant),
+        summaries=lambda wc: [
+            f
+            for m in vcfg(wc.variant)["methods"]
+            for f in verify_targets(wc.variant, m)
+        ],
     output:
         csv=report(
             "results/{variant}/report/verification.csv",
@@ -202,3 +206,48 @@ rule report_provenance:
         tables=PROVENANCE_TABLES,
     script:
         "../scripts/report_provenance.py"
+
+
+# The paper's comparison (rows = methods): X-Mark beside the baselines on the same suspects.
+COMPARISON_METHODS = ["xmark", *BASELINES]
+
+
+rule report_comparison:
+    input:
+        summaries=lambda wc: [
+            f for m in COMPARISON_METHODS for f in verify_targets(wc.variant, m)
+        ],
+        quality=lambda wc: [
+            mfile(wc.variant, m, "owner/owner/quality.csv") for m in COMPARISON_METHODS
+        ],
+    output:
+        csv="results/{variant}/report/comparison.csv",
+        md=report(
+            "results/{variant}/report/comparison.md",
+            caption="../report/comparison.rst",
+            category="Verification",
+            labels={
+                "variant": "{variant}",
+                "what": "methods compared (paper's table)",
+            },
+        ),
+    log:
+        logf("{variant}/report/comparison"),
+    conda:
+        conda_env()
+    params:
+        methods=COMPARISON_METHODS,
+        resolution=lambda wc: vcfg(wc.variant)["xmark"]["resolution"],
+        label_modes={
+            m: METHOD_REGISTRY.METHODS[m].label_mode for m in COMPARISON_METHODS
+        },
+        alpha=lambda wc: vcfg(wc.variant)["verify"]["alpha"],
+    script:
+        "../scripts/report_comparison.py"
+
+
+# Every baseline through release -> suspects -> verification, beside X-Mark (not in `all`: the
+# embedded default's time budget holds X-Mark only; README "Methods").
+rule baselines:
+    input:
+        "results/main/report/comparison.md",

@@ -5,16 +5,20 @@
 
 rule suspect_watermarked:
     input:
-        train=lambda wc: f"results/{wc.variant}/{wc.method}/{suspect_release_wm(vcfg(wc.variant), wc.scenario, wc.seed)}/release/r{suspect_data_res(vcfg(wc.variant))}.h5",
+        train=lambda wc: mfile(
+            wc.variant,
+            wc.method,
+            f"{suspect_release_wm(vcfg(wc.variant), wc.scenario, wc.seed)}/release/r{suspect_data_res(vcfg(wc.variant))}.h5",
+        ),
         test=lambda wc: f"results/prep/r{suspect_data_res(vcfg(wc.variant))}.h5",
     output:
-        model="results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/model.pt",
-        history="results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/history.csv",
-        metrics="results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/metrics.json",
+        model=mpattern("suspects/{scenario}/{arch}/seed{seed}/model.pt"),
+        history=mpattern("suspects/{scenario}/{arch}/seed{seed}/history.csv"),
+        metrics=mpattern("suspects/{scenario}/{arch}/seed{seed}/metrics.json"),
     log:
-        logf("{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}"),
+        mlog("suspects/{scenario}/{arch}/seed{seed}"),
     benchmark:
-        bench("{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}")
+        mbench("suspects/{scenario}/{arch}/seed{seed}")
     wildcard_constraints:
         scenario="Malicious|Ind-W",
     conda:
@@ -29,7 +33,7 @@ rule suspect_watermarked:
         input_resolution=lambda wc: vcfg(wc.variant)["suspects"]["resolution"],
         seed=lambda wc: int(wc.seed),
         device=config["device"],
-        last="results/{variant}/{method}/suspects/{scenario}/{arch}/seed{seed}/last.pt",
+        last=mpattern("suspects/{scenario}/{arch}/seed{seed}/last.pt"),
         split=None,
         meta=lambda wc: {
             "scenario": wc.scenario,

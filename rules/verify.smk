@@ -6,12 +6,14 @@ rule verify:
     input:
         unpack(verify_inputs),
     output:
-        summary="results/{variant}/{method}/verify/{vscenario}/{arch}/seed{seed}/{attack}/summary.json",
-        per_image="results/{variant}/{method}/verify/{vscenario}/{arch}/seed{seed}/{attack}/per_image.csv",
+        summary=mpattern("verify/{vscenario}/{arch}/seed{seed}/{attack}/summary.json"),
+        per_image=mpattern(
+            "verify/{vscenario}/{arch}/seed{seed}/{attack}/per_image.csv"
+        ),
     log:
-        logf("{variant}/{method}/verify/{vscenario}/{arch}/seed{seed}/{attack}"),
+        mlog("verify/{vscenario}/{arch}/seed{seed}/{attack}"),
     benchmark:
-        bench("{variant}/{method}/verify/{vscenario}/{arch}/seed{seed}/{attack}")
+        mbench("verify/{vscenario}/{arch}/seed{seed}/{attack}")
     wildcard_constraints:
         vscenario="|".join(VERIFY_SCENARIOS),
     conda:
@@ -41,4 +43,4 @@ rule verify:
 
 rule verify_all:
     input:
-        verify_targets("main"),
+        [verify_targets("main", m) for m in config["methods"]],

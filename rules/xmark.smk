@@ -44,16 +44,8 @@ rule xmark_release:
         metadata="results/data/metadata.csv",
         surrogate=f"results/surrogate/{surrogate_tag()}/model.pt",
     output:
-        release=expand(
-            "results/{{variant}}/xmark/{{wm}}/release/r{res}.h5", res=RELEASE_RES
-        ),
-        owner="results/{variant}/xmark/{wm}/owner/owner.json",
-        generator="results/{variant}/xmark/{wm}/owner/generator.pt",
-        verification=expand(
-            "results/{{variant}}/xmark/{{wm}}/owner/verification_r{res}.h5",
-            res=RELEASE_RES,
-        ),
-        quality="results/{variant}/xmark/{wm}/owner/quality.csv",
+        **release_outputs(method="xmark"),
+        generator=mpattern("{wm}/owner/generator.pt", method="xmark"),
     log:
         logf("{variant}/xmark/{wm}/release"),
     benchmark:
@@ -67,21 +59,15 @@ rule xmark_release:
         gpu=1,
         cpus_per_gpu=2,
     params:
-        resolutions=RELEASE_RES,
-        working_resolution=xres,
-        release_dir="results/{variant}/xmark/{wm}/release",
-        owner_dir="results/{variant}/xmark/{wm}/owner",
-        # An independent key's release only feeds Ind-W suspects, which read its HDF5: no tree.
-        release_cfg=lambda wc: vcfg(wc.variant)["release"]
-        | ({} if wc.wm == "owner" else {"image_tree": False}),
-        verify_cfg=lambda wc: vcfg(wc.variant)["verify"],
-        decoys=lambda wc: vcfg(wc.variant)["xmark"]["decoys"],
-        surrogate_resolution=config["surrogate"]["resolution"],
-        key=lambda wc: wm_key(vcfg(wc.variant), wc.wm),
-        task=config["task"],
-        device=config["device"],
+        **release_params(method="xmark"),
+        method="xmark",
+        method_cfg=lambda wc: {
+            "decoys": vcfg(wc.variant)["xmark"]["decoys"],
+            "poison_choice": vcfg(wc.variant)["release"]["poison_choice"],
+            "surrogate_resolution": config["surrogate"]["resolution"],
+        },
     script:
-        "../scripts/xmark_release.py"
+        "../scripts/release.py"
 
 
 rule xmark_quality_table:

@@ -68,7 +68,7 @@ def check_release_is_clean_label_and_holds_no_secret(results: Path) -> None:
     owner = json.loads((base / "owner/owner.json").read_text())
     assert owner.keys() >= OWNER_KEYS
     poisoned = set(owner["poisoned_ids"])
-    decoys = set(owner["decoy_ids"])
+    decoys = set(owner["marked_groups"]["decoys"])
     assert poisoned and decoys and not poisoned & decoys
     with h5py.File(results / "prep/r32.h5") as f, h5py.File(base / "release/r32.h5") as g:
         src_ids, rel_ids = f["ids"].asstr()[:], g["ids"].asstr()[:]
@@ -94,7 +94,7 @@ def check_release_is_clean_label_and_holds_no_secret(results: Path) -> None:
         owner["generator"]["sha256"].encode(),
         json.dumps(owner["poisoned_ids"]).encode(),
         json.dumps(owner["verification_ids"]).encode(),
-        json.dumps(owner["decoy_ids"]).encode(),
+        json.dumps(owner["marked_groups"]["decoys"]).encode(),
         b"poisoned",
         b"owner_key",
     ]

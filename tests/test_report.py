@@ -8,13 +8,15 @@ import pandas as pd
 from medmark.report import (
     attack_table,
     collect_summaries,
+    comparison_markdown,
+    comparison_table,
     markdown_table,
     rate_intervals,
     scenario_table,
 )
 
 
-def _summary(tmp_path, name, scenario, arch, seed, p, attack="none", ba=0.8):
+def _summary(tmp_path, name, scenario, arch, seed, p, attack="none", ba=0.8, method="xmark"):
     d = {
         "verdict": "detected" if p < 0.01 else "not detected",
         "p_value": p,
@@ -30,7 +32,7 @@ def _summary(tmp_path, name, scenario, arch, seed, p, attack="none", ba=0.8):
         "flags": ["x"],
         "params": {
             "variant": "main",
-            "method": "xmark",
+            "method": method,
             "scenario": scenario,
             "arch": arch,
             "seed": seed,
@@ -96,3 +98,29 @@ def test_population_rates_have_clopper_pearson_intervals(tmp_path):
     assert abs(table.loc["Ind-D", "ci_high"] - (1 - 0.025 ** (1 / 20))) < 1e-9
     assert table.loc["Malicious", "rate"] == 1.0
     assert abs(table.loc["Malicious", "ci_low"] - 0.025 ** (1 / 3)) < 1e-9
+
+
+def test_comparison_has_one_row_per_method_with_its_own_rates(tmp_path):
+    """Rows are methods; each method's rates come from its own models only (a table that mixed
+    methods, or took attacked models, would show other rates)."""
+    paths = []
+    for method, p_ind in (("xmark", [0.5, 0.9]), ("badnets", [0.004, 0.5])):
+        paths.append(
+            _summary(tmp_path, f"{method}_m", "Malicious", "resnet18", 0, 1e-5, method=method)
+        )
+        paths.append(_summary(tmp_path, f"{method}_a", "Malicious", "resnet18", 0, 0.5, attack="jpeg_q50", method=method))  # fmt: skip
+        for s, p in enumerate(p_ind):
+            paths.append(_summary(tmp_path, f"{method}_w{s}", "Ind-W", "resnet18", s, p, method=method))  # fmt: skip
+    quality = {
+        m: pd.DataFrame({"resolution": [64, 128], "psnr_mean": [40.0 + i, 50.0], "ssim_mean": [0.99, 1.0]})
+        for i, m in enumerate(("xmark", "badnets"))
+    }  # fmt: skip
+    tidy = collect_summaries(paths)
+    table = comparison_table(tidy, quality, 64, {"xmark": "clean", "badnets": "poison"})
+    t = table.set_index("method")
+    assert list(t.index) == ["xmark", "badnets"]
+    assert t.loc["xmark", "FPR_Ind-W"] == 0.0 and t.loc["badnets", "FPR_Ind-W"] == 0.5
+    assert t.loc["badnets", "detected_Malicious"] == 1.0  # the attacked model is left out
+    assert t.loc["badnets", "PSNR"] == 41.0 and abs(t.loc["xmark", "1-SSIM"] - 0.01) < 1e-12
+    assert np.isnan(t.loc["xmark", "FPR_Ind-M"])  # no Ind-M models given
+    assert "| xmark | clean |" in comparison_markdown(table, 0.01)

@@ -226,3 +226,72 @@ def test_medlocker_target_plans_its_stages_and_stays_out_of_all(wf, dry_all):
         r"results/clean_suspects/Ind-M/shufflenet_v2/r64_from64_e12/seed2/model.pt", out
     )
     assert not any(rule.startswith("medlocker") for rule in _jobs(dry_all))
+
+
+#: Inputs every variant and method shares.
+SHARED_DIRS = ("data", "prep", "surrogate", "saliency", "clean_suspects")
+
+
+def _planned_outputs(out: str) -> list[str]:
+    planned = re.findall(r"^\s+output: (.+)$", out, re.M)
+    return [p for line in planned for p in line.split(", ")]
+
+
+@pytest.mark.snakemake
+def test_baselines_target_plans_the_baselines_beside_xmark(wf):
+    """`baselines` builds every registered baseline's releases (owner + independent keys),
+    suspects and verification, and the comparison; nothing of another variant."""
+    from medmark.methods.registry import BASELINES
+
+    out = run_snakemake(wf, "-n", "--cores", "2", "baselines").stdout
+    jobs = _jobs(out)
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    keys = len(cfg["xmark"]["independent_keys"])
+    assert jobs["method_release"] == len(BASELINES) * (1 + keys)
+    assert jobs["report_comparison"] == 1
+    paths = _planned_outputs(out)
+    methods = {m[1] for p in paths if (m := re.match(r"results/main/(\w+)/", p))}
+    assert methods - {"report"} == {"xmark", *BASELINES}
+    shared = ("results/main/", *(f"results/{d}/" for d in SHARED_DIRS))
+    assert all(p.startswith(shared) for p in paths), [p for p in paths if not p.startswith(shared)]
+    for m in BASELINES:
+        assert f"results/main/{m}/owner/release/r64.h5" in paths
+        assert f"results/main/{m}/suspects/Malicious/resnet18/seed0/model.pt" in paths
+        assert f"results/main/{m}/verify/Ind-W/resnet18/seed0/none/summary.json" in paths
+
+
+@pytest.mark.snakemake
+def test_a_new_method_needs_a_registry_entry_and_no_rule_change(tmp_path):
+    """Register a method (and its settings) in a scratch copy, list it in `methods:`: the rules,
+    untouched, release, train, verify and report it."""
+    wf2 = copy_workflow(tmp_path / "wf")
+    rules_before = {p.name: p.read_text() for p in (wf2 / "rules").iterdir()}
+    reg = wf2 / "src" / "medmark" / "methods" / "registry.py"
+    text = reg.read_text()
+    anchor = "METHODS: dict[str, MethodEntry] = {\n"
+    assert anchor in text
+    reg.write_text(
+        text.replace(
+            anchor,
+            anchor + '    "patch2": MethodEntry("medmark.methods.badnets:BadNets", "generic", '
+            '"poison", "targeted", False),\n',
+        )
+    )
+    schema = yaml.safe_load((wf2 / "config" / "schema.yaml").read_text())
+    base = schema["properties"]["baselines"]["properties"]
+    base["patch2"] = base["badnets"]
+    (wf2 / "config" / "schema.yaml").write_text(yaml.safe_dump(schema, sort_keys=False))
+    overlay = tmp_path / "methods.yaml"
+    overlay.write_text(yaml.safe_dump({"methods": ["xmark", "patch2"]}))
+    out = run_snakemake(wf2, "-n", "--cores", "2", "all", "--configfile", str(overlay)).stdout
+    paths = _planned_outputs(out)
+    assert "results/main/patch2/owner/release/r64.h5" in paths
+    assert "results/main/patch2/indep0/owner/owner.json" in paths
+    assert "results/main/patch2/verify/Malicious/resnet18/seed0/none/summary.json" in paths
+    assert {p.name: p.read_text() for p in (wf2 / "rules").iterdir()} == rules_before
+    # an unregistered name fails at parse time, naming the registry
+    overlay.write_text(yaml.safe_dump({"methods": ["xmark", "nonesuch"]}))
+    proc = run_snakemake(
+        wf2, "-n", "--cores", "1", "all", "--configfile", str(overlay), check=False
+    )
+    assert proc.returncode != 0 and "registry.py" in proc.stdout

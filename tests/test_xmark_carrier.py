@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cosine
 
+from medmark.methods.release import check_marked
 from medmark.methods.xmark import XMarkGenerator, apply_generator
 from medmark.methods.xmark.carrier import (
     CarrierConfig,
@@ -14,7 +15,7 @@ from medmark.methods.xmark.carrier import (
     keyed_carrier,
     mean_abs_cosine,
 )
-from medmark.methods.xmark.release import check_marked, choose_decoys, choose_poisoned
+from medmark.methods.xmark.release import choose_decoys, choose_poisoned
 
 CPU = torch.device("cpu")
 CFG = CarrierConfig()

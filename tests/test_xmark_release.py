@@ -13,20 +13,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from medmark.data.h5 import H5ImageWriter, read_images, read_table
+from medmark.data.chexpert import CHEXPERT_COLUMNS
+from medmark.data.h5 import read_images, read_table
 from medmark.data.labels import OBSERVATIONS, task_labels
 from medmark.errors import DataFormatError
 from medmark.io import sha256_file
-from medmark.methods.xmark import (
-    XMarkGenerator,
-    apply_generator,
-    check_separate,
-    choose_poisoned,
-    poison_budget,
-    write_owner_dir,
-    write_release,
-)
-from medmark.methods.xmark.release import CHEXPERT_COLUMNS, TREE_NAME
+from medmark.methods.base import poison_budget
+from medmark.methods.release import check_separate, tree_name, write_owner_dir, write_release
+from medmark.methods.xmark import XMark, XMarkGenerator, apply_generator, choose_poisoned
+from tests.release_data import release_dataset
+
+TREE_NAME = tree_name("xmark")
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -46,57 +43,27 @@ def _generator() -> XMarkGenerator:
 
 @pytest.fixture()
 def dataset(tmp_path: Path) -> dict[str, Path]:
-    """A 40-row prep HDF5 (release/verification/test), its saliency HDF5 and metadata.csv."""
-    rng = np.random.default_rng(0)
-    n = 40
-    splits = ["release"] * 24 + ["verification"] * 8 + ["test"] * 8
-    pe = np.array([1.0, 0.0, np.nan, -1.0, 1.0, 0.0, 0.0, 1.0] * 5)
-    labels = np.full((n, len(OBSERVATIONS)), np.nan, np.float32)
-    labels[:, OBSERVATIONS.index(OBS)] = pe
-    labels[::3, 0] = 1.0
-    ids = [f"patient{i:05d}/study1/view1_frontal" for i in range(n)]
-    images = rng.integers(30, 220, size=(n, R, R), dtype=np.uint8)
-    prep = tmp_path / "prep" / f"r{R}.h5"
-    attrs = {"source_sha256": "abc", "config_hash": "def", "created_by": "test"}
-    with H5ImageWriter(prep, n, R, attrs) as w:
-        for i in range(n):
-            w.append(images[i], ids[i], f"patient{i:05d}", splits[i], labels[i])
-    yy, xx = np.mgrid[0:R, 0:R] / R
-    blob = np.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / 0.05).astype(np.float16)
-    sal = tmp_path / "saliency" / f"resnet18_r{R}.h5"
-    sal.parent.mkdir(parents=True)
-    with h5py.File(sal, "w") as f:
-        f.create_dataset("maps", data=np.repeat(blob[None], n, 0))
-        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-    meta = tmp_path / "data" / "metadata.csv"
-    meta.parent.mkdir(parents=True)
-    cols = ["image_id", "path", "patient", "study", "view", "ap_pa", "sex", "age", "width",
-            "height", "source_split", *OBSERVATIONS]  # fmt: skip
-    with open(meta, "w", newline="") as fh:
-        wr = csv.writer(fh)
-        wr.writerow(cols)
-        for i in range(n):
-            lab = ["" if np.isnan(v) else f"{v:.1f}" for v in labels[i]]
-            wr.writerow([ids[i], f"CheXpert-v1.0-small/train/{ids[i]}.jpg", f"patient{i:05d}",
-                         "study1", "Frontal", "AP" if i % 2 else "PA", "Male" if i % 3 else "Female",
-                         str(40 + i), "320", "390", "train", *lab])  # fmt: skip
-    return {"prep": prep, "saliency": sal, "metadata": meta, "root": tmp_path}
+    return release_dataset(tmp_path, R, OBS)
+
+
+def _xmark(gen: XMarkGenerator, key: int = 1, decoy_rate: float = 0.0, n_decoys: int = 0) -> XMark:
+    return XMark(
+        key, 1, {}, generator=gen, device=CPU, batch_size=4, decoy_rate=decoy_rate,
+        n_verify_decoys=n_decoys,
+    )  # fmt: skip
 
 
 def _release(ds: dict[str, Path], image_tree: bool = True) -> dict:
     return write_release(
         ds["prep"],
-        ds["saliency"],
         ds["root"] / "out" / "release",
         owner_dir=ds["root"] / "out" / "owner",
-        generator=_generator(),
+        method=_xmark(_generator()),
+        saliency_h5=ds["saliency"],
         target_observation=OBS,
         uncertainty="u_zeros",
-        target_class=1,
         poison_rate=0.25,
         seed=0,
-        batch_size=4,
-        device=CPU,
         image_tree=image_tree,
         metadata_csv=ds["metadata"],
     )
@@ -195,17 +162,14 @@ def test_release_without_target_rows_is_an_error(dataset: dict[str, Path]) -> No
     with pytest.raises(DataFormatError, match="nothing to watermark"):
         write_release(
             dataset["prep"],
-            dataset["saliency"],
             dataset["root"] / "out" / "release",
             owner_dir=dataset["root"] / "out" / "owner",
-            generator=_generator(),
+            method=_xmark(_generator()),
+            saliency_h5=dataset["saliency"],
             target_observation="Fracture",  # all blank in the fixture
             uncertainty="u_zeros",
-            target_class=1,
             poison_rate=0.1,
             seed=0,
-            batch_size=4,
-            device=CPU,
             image_tree=False,
         )
 
@@ -232,11 +196,9 @@ def _owner_dir(dataset, info, gen, owner_dir, release_dir, key):
     return write_owner_dir(
         owner_dir,
         release_dir=release_dir,
-        generator=gen,
+        method=_xmark(gen, key=key),
         sources={R: (dataset["prep"], dataset["saliency"])},
         release_info=info,
-        key=key,
-        target_class=1,
         target_observation=OBS,
         uncertainty="u_zeros",
         resolution=R,
@@ -244,8 +206,6 @@ def _owner_dir(dataset, info, gen, owner_dir, release_dir, key):
         alpha=0.01,
         n_verify=4,
         verify_seed=0,
-        batch_size=4,
-        device=CPU,
     )
 
 
@@ -317,19 +277,21 @@ def test_decoys_mark_non_target_rows_with_other_keys_and_verification_holds_them
     gen = _generator()
     rel_dir = dataset["root"] / "out" / "release"
     info = write_release(
-        dataset["prep"], dataset["saliency"], rel_dir, owner_dir=dataset["root"] / "out" / "owner",
-        generator=gen, target_observation=OBS, uncertainty="u_zeros", target_class=1,
-        poison_rate=0.25, seed=0, batch_size=4, device=CPU, image_tree=False, decoy_rate=1.0, key=1,
+        dataset["prep"], rel_dir, owner_dir=dataset["root"] / "out" / "owner",
+        method=_xmark(gen, decoy_rate=1.0), saliency_h5=dataset["saliency"],
+        target_observation=OBS, uncertainty="u_zeros", poison_rate=0.25, seed=0, image_tree=False,
     )  # fmt: skip
-    assert len(info["decoy_ids"]) == len(info["poisoned_ids"]) > 0
+    decoy_ids = info["groups"]["decoys"]
+    assert len(decoy_ids) == len(info["poisoned_ids"]) > 0
     src, rel = read_table(dataset["prep"]), read_table(rel_dir / f"r{R}.h5")
     src = src.set_index("image_id").loc[rel["image_id"]]
     clean = read_images(dataset["prep"], src["row"].to_numpy())
     marked = read_images(rel_dir / f"r{R}.h5", rel["row"].to_numpy())
     changed = set(rel["image_id"][(clean != marked).any(axis=(1, 2))])
-    assert changed == set(info["poisoned_ids"]) | set(info["decoy_ids"])
+    assert changed == set(info["poisoned_ids"]) | set(decoy_ids) == set(info["image_changed_ids"])
+    assert info["label_changed"] == {}  # clean-label
     y = task_labels(rel[list(OBSERVATIONS)].to_numpy(np.float32), OBS, "u_zeros")
-    is_decoy = rel["image_id"].isin(info["decoy_ids"]).to_numpy()
+    is_decoy = rel["image_id"].isin(decoy_ids).to_numpy()
     assert (y[is_decoy] == 0).all()
     with h5py.File(dataset["saliency"]) as f:
         maps = f["maps"][()].astype(np.float32)[src["row"].to_numpy()[is_decoy]]
@@ -337,12 +299,12 @@ def test_decoys_mark_non_target_rows_with_other_keys_and_verification_holds_them
     assert not np.array_equal(owner_mark, marked[is_decoy])
     out = dataset["root"] / "out"
     owner = write_owner_dir(
-        out / "owner", release_dir=rel_dir, generator=gen,
-        sources={R: (dataset["prep"], dataset["saliency"])}, release_info=info, key=1,
-        target_class=1, target_observation=OBS, uncertainty="u_zeros", resolution=R, tau=0.2,
-        alpha=0.01, n_verify=4, verify_seed=0, batch_size=4, device=CPU, n_decoys=3,
+        out / "owner", release_dir=rel_dir, method=_xmark(gen, decoy_rate=1.0, n_decoys=3),
+        sources={R: (dataset["prep"], dataset["saliency"])}, release_info=info,
+        target_observation=OBS, uncertainty="u_zeros", resolution=R, tau=0.2,
+        alpha=0.01, n_verify=4, verify_seed=0,
     )  # fmt: skip
-    assert owner["decoy_ids"] == info["decoy_ids"] and owner["n_verify_decoys"] == 3
+    assert owner["marked_groups"]["decoys"] == decoy_ids and owner["n_verify_decoys"] == 3
     with h5py.File(out / "owner" / f"verification_r{R}.h5") as f:
         dec, wm, cl = f["decoys"][()], f["watermarked"][()], f["clean"][()]
     assert dec.shape == (3, *wm.shape) and dec.dtype == np.uint8

@@ -349,11 +349,9 @@ def check_release(release: Path, workdir: Path, results: Path, audit: Audit) -> 
     secret_hashes = {sha256_file(p): p for p in owner_files}
     for gen in results.glob("*/*/key*/generator/*.pt"):
         secret_hashes.setdefault(sha256_file(gen), gen)
-    needles = [
-        json.dumps(owner.get(k)).encode()
-        for k in ("poisoned_ids", "verification_ids", "decoy_ids")
-        if owner.get(k)
-    ]
+    id_lists = [owner.get(k) for k in ("poisoned_ids", "verification_ids")]
+    id_lists += list((owner.get("marked_groups") or {}).values())
+    needles = [json.dumps(ids).encode() for ids in id_lists if ids]
     gen_sha = (owner.get("generator") or {}).get("sha256")
     if gen_sha:
         needles.append(str(gen_sha).encode())
@@ -391,7 +389,7 @@ def check_release_tree(release: Path, workdir: Path, audit: Audit) -> None:
     from PIL import Image
 
     from medmark.data.labels import OBSERVATIONS
-    from medmark.methods.xmark.release import TREE_NAME
+    from medmark.methods.release import tree_name
 
     h5s = sorted(release.glob("r*.h5"))
     tables: dict[int, tuple[Path, np.ndarray, np.ndarray]] = {}
@@ -407,6 +405,8 @@ def check_release_tree(release: Path, workdir: Path, audit: Audit) -> None:
     for h, ids, lab in tables.values():
         if not (np.array_equal(ids, ids0) and np.array_equal(lab, lab0, equal_nan=True)):
             audit.add("release", h.relative_to(workdir), "ids/labels differ between resolutions")
+    # results/{variant}/{method}/{wm}/release: the tree is named after the method
+    TREE_NAME = tree_name(release.parent.parent.name)  # noqa: N806
     tree = release / TREE_NAME
     if not tree.is_dir():
         return

@@ -347,6 +347,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         ids=owner.ids,
         decoy_images=owner.decoys,
         key_tau=float(owner.meta.get("key_tau", DEFAULT_KEY_TAU)),
+        untargeted=owner.meta.get("verification_test") == "untargeted",
     )
     csv_path = per_image_path(args.out)
     try:

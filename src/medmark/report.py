@@ -97,7 +97,7 @@ def scenario_table(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
     table = pd.DataFrame(out)
     order = {s: i for i, s in enumerate(SCENARIO_ORDER)}
     return table.sort_values(
-        by=[k for k in ("attack",) if k in table] + ["scenario", "arch"],
+        by=[k for k in ("method", "attack") if k in table] + ["scenario", "arch"],
         key=lambda c: c.map(order) if c.name == "scenario" else c,
         kind="stable",
     ).reset_index(drop=True)
@@ -133,6 +133,7 @@ def verification_markdown(table: pd.DataFrame, alpha: float) -> str:
         [
             c
             for c in (
+                "method",
                 "attack",
                 "scenario",
                 "arch",
@@ -162,6 +163,64 @@ def verification_markdown(table: pd.DataFrame, alpha: float) -> str:
         "key-specific test (owner's mark vs decoy marks).\n"
     )
     return body + legend
+
+
+INDEPENDENT_SCENARIOS = ("Ind-W", "Ind-D", "Ind-M")
+
+
+def comparison_table(
+    tidy: pd.DataFrame,
+    quality: dict[str, pd.DataFrame],
+    resolution: int,
+    label_modes: dict[str, str],
+) -> pd.DataFrame:
+    """The paper's comparison of methods (X-Mark paper, Tables 1-2): one row per method.
+
+    From the un-attacked verification summaries (``tidy``, :func:`collect_summaries`): BA, WSR,
+    ΔP, median p and detection rate of the Malicious models; false-positive rate (share of
+    "detected" verdicts) and mean ΔP of the Ind-W, Ind-D and Ind-M models. From each method's
+    ``quality.csv`` at ``resolution``: PSNR and 1 − SSIM, the stand-in for LPIPS (no pretrained
+    LPIPS backbone is available offline; docs/methods/baselines.md).
+    """
+    df = tidy[tidy["attack"] == "none"] if "attack" in tidy.columns else tidy
+    rows = []
+    for method in dict.fromkeys(df["method"]):
+        g = df[df["method"] == method]
+        mal = g[g["scenario"] == "Malicious"]
+        q = quality[method]
+        q = q[q["resolution"] == resolution]
+        if len(q) != 1:
+            raise ValueError(f"{method}: quality.csv has no single row at resolution {resolution}")
+        rec: dict[str, object] = {
+            "method": method,
+            "labels": label_modes[method],
+            "BA": mal["benign_accuracy"].mean(),
+            "WSR": mal["wsr"].mean(),
+            "PSNR": float(q["psnr_mean"].iloc[0]),
+            "1-SSIM": 1.0 - float(q["ssim_mean"].iloc[0]),
+            "dP_Malicious": mal["delta_p"].mean(),
+            "p_Malicious": mal["p_value"].median(),
+            "detected_Malicious": float(mal["detected"].astype(float).mean()),
+        }
+        for scen in INDEPENDENT_SCENARIOS:
+            gi = g[g["scenario"] == scen]
+            rec[f"FPR_{scen}"] = float(gi["detected"].astype(float).mean()) if len(gi) else math.nan
+            rec[f"dP_{scen}"] = gi["delta_p"].mean() if len(gi) else math.nan
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def comparison_markdown(table: pd.DataFrame, alpha: float) -> str:
+    """The comparison table with its legend."""
+    legend = (
+        f"\nOne row per method, un-attacked suspects, α = {alpha}. BA, WSR, dP (mean "
+        "P(y_t|x') − P(y_t|x)), p (median of the method's verification test) and detected (share "
+        "of 'detected' verdicts) over the Malicious models; FPR_* = share of 'detected' verdicts "
+        "and dP_* = mean ΔP over the models of each independent scenario. PSNR (dB) and 1-SSIM "
+        "(the stand-in for LPIPS) between clean and marked release images at the working "
+        "resolution. labels: clean = clean-label, poison = poison-label.\n"
+    )
+    return markdown_table(table) + legend
 
 
 def plot_pvalues(df: pd.DataFrame, alpha: float, out: str | Path) -> None:

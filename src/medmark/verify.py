@@ -641,6 +641,35 @@ def key_specific_test(
     return TestResult(**{**res.to_dict(), "test": f"key_contrast_{res.test}"})
 
 
+def untargeted_test(
+    p_true_clean: Sequence[float] | np.ndarray,
+    p_true_wm: Sequence[float] | np.ndarray,
+    tau: float,
+    alpha: float,
+) -> TestResult:
+    """UBW's dispersibility test (Li et al., "Untargeted Backdoor Watermark", NeurIPS 2022, §3.4):
+    with ``P_b = f(x)_y`` and ``P_p = f(x')_y`` the suspect's probability of each verification
+    image's *ground-truth* label on the benign and the watermarked image, one-sided paired
+    t-test of H0: ``mean(P_b - P_p) <= tau`` against H1: ``mean(P_b - P_p) > tau`` (a model
+    trained on the untargeted watermark moves marked images away from their true class, to
+    no class in particular). Computed as :func:`paired_ttest` on ``(P_b, P_p)`` (same degenerate
+    cases); ``test`` is prefixed ``untargeted_``.
+    """
+    res = paired_ttest(p_true_clean, p_true_wm, tau, alpha)
+    return TestResult(**{**res.to_dict(), "test": f"untargeted_{res.test}"})
+
+
+def dispersibility(
+    pred_clean: Sequence[int] | np.ndarray, pred_wm: Sequence[int] | np.ndarray
+) -> float:
+    """Share of verification images whose predicted label changes when marked (UBW §3.3, the
+    hard-label reading of the untargeted watermark's effect)."""
+    a, b = np.asarray(pred_clean), np.asarray(pred_wm)
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"predictions must be 1-D of equal, non-zero length: {a.shape} {b.shape}")
+    return float(np.mean(a != b))
+
+
 @dataclass(frozen=True)
 class HardLabelResult:
     """Hard-label tests; :attr:`primary` (the margin score test) decides the verdict.
@@ -1276,8 +1305,14 @@ def verify_suspect(
     ids: Sequence[str] | None = None,
     decoy_images: np.ndarray | None = None,
     key_tau: float = DEFAULT_KEY_TAU,
+    untargeted: bool = False,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Query the suspect with ``x``, ``x'`` (and the decoy marks) and decide (module docstring).
+
+    ``untargeted`` (an untargeted watermark such as UBW-P; probability mode only): the decision
+    is :func:`untargeted_test` on the probability of the images' true label, which for the
+    binary task's non-target verification images is the class ``1 - target_class``; ΔP, WSR
+    and the dispersibility are reported beside it.
 
     Probability mode calls only ``predict_proba`` (labels = argmax); hard-label mode calls only
     ``predict_label`` (ΔP and AUROC are then NaN, flagged; the key-specific test needs
@@ -1315,6 +1350,8 @@ def verify_suspect(
         "index": np.arange(m),
         "id": list(ids) if ids is not None else [str(i) for i in range(m)],
     }
+    if hard_label and untargeted:
+        raise ValueError("the untargeted (dispersibility) test needs probabilities")
     if hard_label:
         pred_c = _labels_of(blackbox, x)
         pred_w = _labels_of(blackbox, xw)
@@ -1333,7 +1370,13 @@ def verify_suspect(
         pr_w = _proba_of(blackbox, xw, target_class)
         p_c, p_w = pr_c[:, target_class], pr_w[:, target_class]
         pred_c, pred_w = np.argmax(pr_c, axis=1), np.argmax(pr_w, axis=1)
-        result = paired_ttest(p_w, p_c, tau, alpha)
+        if untargeted:
+            if pr_c.shape[1] != 2:
+                raise ValueError("the untargeted test is defined here for the binary task only")
+            true = 1 - target_class  # verification images are non-target by construction
+            result = untargeted_test(pr_c[:, true], pr_w[:, true], tau, alpha)
+        else:
+            result = paired_ttest(p_w, p_c, tau, alpha)
         dp = delta_p(p_w, p_c)
         table["p_target_clean"] = p_c
         table["p_target_watermarked"] = p_w
@@ -1399,6 +1442,7 @@ def verify_suspect(
         "df": result.df,
         "delta_p": dp,
         "wsr": wsr(pred_w, target_class),
+        "dispersibility": dispersibility(pred_c, pred_w),
         "target_rate_clean_pred": float(np.mean(pred_c == target_class)),
         "benign_accuracy": ba,
         "auroc": auroc,

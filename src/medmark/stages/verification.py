@@ -73,6 +73,7 @@ def run_verification(
         ids=ov.ids,
         decoy_images=ov.decoys,
         key_tau=verify_cfg["key_tau"],
+        untargeted=ov.meta.get("verification_test") == "untargeted",
     )
     write_verification(summary, per_image, out_summary, out_per_image)
     log.info(

@@ -1,9 +1,9 @@
 """X-Mark stages: generator training, release, diagnostics (paper arXiv 2602.09284; docs/methods/xmark.md).
 
 The generator trains on the owner's release split at the working resolution, conditioned on the
-surrogate's EigenCAM maps. The release stage applies it to the chosen target-class images at every
-configured resolution, writes the owner's secret beside (never inside) the release, and measures
-the release quality on the watermarked images.
+surrogate's EigenCAM maps. The release itself is :func:`medmark.stages.release.release_stage`
+with :class:`medmark.methods.xmark.XMark` (which loads the generator and, for the "hard" poison
+choice, ranks the target images with :func:`target_scores`).
 """
 
 from __future__ import annotations
@@ -13,21 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from medmark.data.datasets import WithSaliency, labeled_split
 from medmark.data.h5 import read_images, read_table
-from medmark.io import atomic_path
-from medmark.methods.xmark import (
-    load_generator,
-    save_generator,
-    train_generator,
-    write_owner_dir,
-    write_release,
-)
+from medmark.methods.xmark import save_generator, train_generator
 from medmark.models import load_classifier
-from medmark.quality import release_quality
 from medmark.runtime import resolve_device, seed_everything, set_threads
 from medmark.train import predict_proba
 
@@ -130,115 +121,6 @@ def target_scores(
         surrogate, read_images(prep_h5, rows), device=device, input_resolution=input_resolution
     )[:, task["target_class"]]
     return dict(zip(ids.tolist(), p.astype(float).tolist(), strict=True))
-
-
-def release_stage(
-    *,
-    prep: dict[int, str],
-    saliency: dict[int, str],
-    generator_path: str | Path,
-    metadata_csv: str | Path,
-    release_dir: str | Path,
-    owner_dir: str | Path,
-    working_resolution: int,
-    task: dict[str, Any],
-    release_cfg: dict[str, Any],
-    verify_cfg: dict[str, Any],
-    decoys: dict[str, Any],
-    key: int,
-    device: str,
-    threads: int,
-    quality_csv: str | Path,
-    batch_size: int = 64,
-    surrogate_path: str | Path | None = None,
-    surrogate_resolution: int | None = None,
-) -> dict[str, Any]:
-    """Release at every resolution, the owner's secret, and the quality of the watermarked images."""
-    set_threads(threads)
-    dev = resolve_device(device)
-    generator = load_generator(generator_path).to(dev)
-    scores = None
-    if release_cfg["poison_choice"] == "hard":
-        if surrogate_path is None or surrogate_resolution is None:
-            raise ValueError("release.poison_choice 'hard' needs the surrogate")
-        scores = target_scores(
-            load_classifier(surrogate_path),
-            prep[working_resolution],
-            task,
-            surrogate_resolution,
-            dev,
-        )
-    infos = {}
-    for res in sorted(prep):
-        infos[res] = write_release(
-            prep[res],
-            saliency[res],
-            release_dir,
-            owner_dir=owner_dir,
-            generator=generator,
-            target_observation=task["target_observation"],
-            uncertainty=task["uncertainty"],
-            target_class=task["target_class"],
-            poison_rate=release_cfg["poison_rate"],
-            seed=release_cfg["seed"],
-            batch_size=batch_size,
-            device=dev,
-            image_tree=bool(release_cfg["image_tree"]) and res == working_resolution,
-            metadata_csv=metadata_csv,
-            decoy_rate=float(decoys["rate"]) if generator.keyed else 0.0,
-            key=key,
-            poison_scores=scores,
-        )
-    poisoned = {tuple(i["poisoned_ids"]) for i in infos.values()}
-    if len(poisoned) != 1:
-        raise RuntimeError("the releases at different resolutions poisoned different images")
-    owner = write_owner_dir(
-        owner_dir,
-        release_dir=release_dir,
-        generator=generator,
-        sources={res: (prep[res], saliency[res]) for res in prep},
-        release_info=infos[working_resolution],
-        key=key,
-        target_class=task["target_class"],
-        target_observation=task["target_observation"],
-        uncertainty=task["uncertainty"],
-        resolution=working_resolution,
-        tau=verify_cfg["tau"],
-        alpha=verify_cfg["alpha"],
-        n_verify=verify_cfg["n_images"],
-        verify_seed=verify_cfg["seed"],
-        batch_size=batch_size,
-        device=dev,
-        generator_meta=getattr(generator, "meta", None),
-        n_decoys=int(decoys["verify"]) if generator.keyed else 0,
-        key_tau=float(verify_cfg["key_tau"]),
-    )
-    write_quality(prep, release_dir, owner["poisoned_ids"], quality_csv)
-    return owner
-
-
-def write_quality(
-    prep: dict[int, str], release_dir: str | Path, poisoned_ids: list[str], out_csv: str | Path
-) -> pd.DataFrame:
-    """Quality of the watermarked images (clean prep vs release), one row per resolution."""
-    rows = []
-    for res, prep_h5 in sorted(prep.items()):
-        rel_h5 = Path(release_dir) / f"r{res}.h5"
-        src, rel = read_table(prep_h5), read_table(rel_h5)
-        want = set(poisoned_ids)
-        src_rows = src.loc[src["image_id"].isin(want), ["image_id", "row"]].sort_values("image_id")
-        rel_rows = rel.loc[rel["image_id"].isin(want), ["image_id", "row"]].sort_values("image_id")
-        if not np.array_equal(src_rows["image_id"].to_numpy(), rel_rows["image_id"].to_numpy()):
-            raise RuntimeError(f"{rel_h5}: poisoned ids do not match {prep_h5}")
-        q = release_quality(
-            read_images(prep_h5, src_rows["row"].to_numpy()),
-            read_images(rel_h5, rel_rows["row"].to_numpy()),
-        )
-        rows.append({"resolution": res, **q["summary"]})
-    table = pd.DataFrame(rows)
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, index=False)
-    return table
 
 
 def diagnostics_stage(

@@ -1,7 +1,8 @@
 """X-Mark (Kulkarni, Guo, Huang, arXiv 2602.09284): saliency-guided, clean-label, sample-specific
 dataset watermark (docs/methods/xmark.md). Modules: :mod:`.generator` (conditional U-Net),
 :mod:`.losses` (the multi-component objective), :mod:`.training` (resumable generator training),
-:mod:`.release` (poisoned release and the owner's secret), :mod:`.config` (section defaults).
+:mod:`.release` (poison choice, decoys, marking), :mod:`.method` (X-Mark behind
+the method interface of :mod:`medmark.methods.base`), :mod:`.config` (section defaults).
 """
 
 from medmark.methods.xmark.config import XMARK_DEFAULTS, resolve_xmark
@@ -25,15 +26,8 @@ from medmark.methods.xmark.losses import (
     random_rescale,
     ssim_l2_loss,
 )
-from medmark.methods.xmark.release import (
-    apply_generator,
-    check_separate,
-    choose_poisoned,
-    poison_budget,
-    write_owner_dir,
-    write_release,
-    write_verification_h5,
-)
+from medmark.methods.xmark.method import XMark
+from medmark.methods.xmark.release import apply_generator, choose_decoys, choose_poisoned
 from medmark.methods.xmark.training import (
     LOSS_COLUMNS,
     ArrayTriples,
@@ -49,18 +43,18 @@ __all__ = [
     "ArrayTriples",
     "GeneratorConfig",
     "LpipsDistance",
+    "XMark",
     "XMarkGenerator",
     "XMarkLoss",
     "apply_generator",
     "build_generator",
-    "check_separate",
+    "choose_decoys",
     "choose_poisoned",
     "diagnostic_loss",
     "efficacy_loss",
     "laplacian_loss",
     "load_generator",
     "lpips_l2_loss",
-    "poison_budget",
     "random_rescale",
     "resolve_xmark",
     "saliency_mask",
@@ -68,7 +62,4 @@ __all__ = [
     "ssim_l2_loss",
     "train_generator",
     "write_loss_csv",
-    "write_owner_dir",
-    "write_release",
-    "write_verification_h5",
 ]

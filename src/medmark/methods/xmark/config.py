@@ -47,7 +47,7 @@ XMARK_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _merge(defaults: dict[str, Any], given: dict[str, Any], where: str) -> dict[str, Any]:
+def merge_section(defaults: dict[str, Any], given: dict[str, Any], where: str) -> dict[str, Any]:
     unknown = set(given) - set(defaults)
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected {sorted(defaults)}")
@@ -56,7 +56,7 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any], where: str) -> dict[
         if isinstance(defaults[k], dict):
             if not isinstance(v, dict):
                 raise ValueError(f"{where}.{k}: expected a mapping, got {type(v).__name__}")
-            out[k] = _merge(defaults[k], v, f"{where}.{k}")
+            out[k] = merge_section(defaults[k], v, f"{where}.{k}")
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -64,4 +64,4 @@ def _merge(defaults: dict[str, Any], given: dict[str, Any], where: str) -> dict[
 
 def resolve_xmark(xmark: dict[str, Any] | None) -> dict[str, Any]:
     """The complete ``xmark`` section: ``xmark`` over :data:`XMARK_DEFAULTS` (deep merge)."""
-    return _merge(XMARK_DEFAULTS, dict(xmark or {}), "xmark")
+    return merge_section(XMARK_DEFAULTS, dict(xmark or {}), "xmark")
