@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from medmark.data.datasets import WithSaliency, labeled_split
-from medmark.data.h5 import read_images, read_table
+from medmark.data.h5 import H5Images, read_images, read_table
+from medmark.evaluation import predict_dataset
 from medmark.io import atomic_path
 from medmark.methods.xmark import (
     load_generator,
@@ -27,11 +28,13 @@ from medmark.methods.xmark import (
     write_release,
 )
 from medmark.models import load_classifier
-from medmark.quality import release_quality
+from medmark.quality import release_quality_blocks
 from medmark.runtime import resolve_device, seed_everything, set_threads
-from medmark.train import predict_proba
 
 log = logging.getLogger(__name__)
+
+QUALITY_BLOCK = 256  # watermarked images per block of the quality metrics (memory flat in N)
+PREDICT_BLOCK = 128  # images per surrogate query (as medmark.train.predict_proba)
 
 
 def generator_stage(
@@ -97,10 +100,14 @@ def check_surrogate(
     images) logs the same message as a warning instead. Returns the predicted-class counts.
     """
     test = labeled_split(prep_h5, task, "test")
-    images = read_images(prep_h5, test.images.rows)
-    pred = predict_proba(
-        surrogate, images, device=device, input_resolution=input_resolution
-    ).argmax(axis=1)
+    probs, _ = predict_dataset(
+        surrogate,
+        test,
+        device=device,
+        batch_size=PREDICT_BLOCK,
+        input_resolution=input_resolution,
+    )
+    pred = probs.argmax(axis=1)
     counts = {int(c): int((pred == c).sum()) for c in np.unique(pred)}
     if len(counts) < 2:
         msg = (
@@ -126,9 +133,16 @@ def target_scores(
     data = labeled_split(prep_h5, task, "release")
     rows = data.images.rows[data.y_by_row[data.images.rows] == task["target_class"]]
     ids = read_table(prep_h5)["image_id"].to_numpy()[rows]
-    p = predict_proba(
-        surrogate, read_images(prep_h5, rows), device=device, input_resolution=input_resolution
-    )[:, task["target_class"]]
+    if rows.size == 0:
+        return {}
+    probs, _ = predict_dataset(
+        surrogate,
+        H5Images(prep_h5, indices=rows),
+        device=device,
+        batch_size=PREDICT_BLOCK,
+        input_resolution=input_resolution,
+    )
+    p = probs[:, task["target_class"]]
     return dict(zip(ids.tolist(), p.astype(float).tolist(), strict=True))
 
 
@@ -230,9 +244,13 @@ def write_quality(
         rel_rows = rel.loc[rel["image_id"].isin(want), ["image_id", "row"]].sort_values("image_id")
         if not np.array_equal(src_rows["image_id"].to_numpy(), rel_rows["image_id"].to_numpy()):
             raise RuntimeError(f"{rel_h5}: poisoned ids do not match {prep_h5}")
-        q = release_quality(
-            read_images(prep_h5, src_rows["row"].to_numpy()),
-            read_images(rel_h5, rel_rows["row"].to_numpy()),
+        a, b = src_rows["row"].to_numpy(), rel_rows["row"].to_numpy()
+        q = release_quality_blocks(
+            (
+                read_images(prep_h5, a[i : i + QUALITY_BLOCK]),
+                read_images(rel_h5, b[i : i + QUALITY_BLOCK]),
+            )
+            for i in range(0, len(a), QUALITY_BLOCK)
         )
         rows.append({"resolution": res, **q["summary"]})
     table = pd.DataFrame(rows)
