@@ -27,13 +27,15 @@ saliency stage's rate beside the surrogate's bare forward pass. Peak RSS is that
 largest single process of a stage (``ru_maxrss``; worker processes are counted separately,
 not summed). Results also go to ``<workdir>/results.json``.
 
-Usage (2 cores, about 25 minutes with the default sizes, dataset generation included):
+Usage:
 
     nice -n 19 .venv/bin/python benchmarks/scale.py --sizes 1000,4000,12000
 
 ``--sizes`` is a comma-separated list of dataset sizes (frontal images); the synthetic tree is
 generated once for the largest (reused by later runs) and each smaller N is a view of its
-first images.
+first images. Budget: per size a fixed cost (process start-up, the capped epochs) plus a
+per-image cost dominated by saliency (one ResNet-18 forward pass at 224 px per image, about
+50 ms on 2 idle cores) and the verifier's and suspect's test-split passes; pick the sizes to fit.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def _per_image(
 def release_quality_blocks(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """:func:`release_quality` over ``(clean_u8, wm_u8)`` blocks, one block in memory at a time
     (a CheXpert-scale release marks thousands of images; the metrics are per image, so the
-    result equals one call on the concatenated blocks)."""
+    result equals one call on the concatenated blocks up to the last bit of rounding)."""
     parts = [_per_image(*_check_pair(a, b)) for a, b in pairs]
     if not parts:
         raise ValueError("no image pairs")
