@@ -22,10 +22,11 @@ rule attack_model:
         conda_env()
     threads: config["train_threads"]
     resources:
-        mem_mb=8000,
-        runtime=lambda wc, attempt: 60 * attempt,
-        gpu=1,
-        cpus_per_gpu=2,
+        **rule_resources(
+            "attack_model",
+            config["train_threads"],
+            config["suspects"]["train"]["num_workers"],
+        ),
     params:
         clean_split=lambda wc: vcfg(wc.variant)["attacks"]["clean_split"],
         task=config["task"],

@@ -19,7 +19,8 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])
 )
 
-from medmark.io import stable_hash  # noqa: E402 (needs SRC on sys.path)
+from medmark.cluster import rule_resources  # noqa: E402 (needs SRC on sys.path)
+from medmark.io import stable_hash  # noqa: E402
 
 
 configfile: "config/config.yaml"
@@ -436,12 +437,10 @@ CLEAN_SPLIT = {"Ind-M": "release", "Ind-D": "independent"}
 
 
 def suspect_resources():
-    return {
-        "mem_mb": 8000,
-        "runtime": lambda wc, attempt: 120 * attempt,
-        "gpu": 1,
-        "cpus_per_gpu": 2,
-    }
+    """Every classifier-training rule's request (docs/cluster.md, CheXpert-scale plan)."""
+    return rule_resources(
+        "suspect", config["train_threads"], config["suspects"]["train"]["num_workers"]
+    )
 
 
 def suspect_model(variant, method, scenario, arch, seed):

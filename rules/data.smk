@@ -32,6 +32,8 @@ rule ingest:
     conda:
         conda_env()
     threads: config["preprocess"]["workers"]
+    resources:
+        **rule_resources("ingest"),
     params:
         source=ingest_source_cfg(),
         on_bad_image=config["data"]["on_bad_image"],
@@ -76,8 +78,7 @@ rule preprocess:
         conda_env()
     threads: config["preprocess"]["workers"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **rule_resources("preprocess"),
     params:
         resolution=lambda wc: int(wc.res),
         compression_level=config["preprocess"]["compression_level"],

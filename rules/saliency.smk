@@ -15,10 +15,11 @@ rule surrogate:
         conda_env()
     threads: config["train_threads"]
     resources:
-        mem_mb=8000,
-        runtime=lambda wc, attempt: 60 * attempt,
-        gpu=1,
-        cpus_per_gpu=2,
+        **rule_resources(
+            "surrogate",
+            config["train_threads"],
+            config["surrogate"]["train"]["num_workers"],
+        ),
     params:
         arch=lambda wc: wc.arch,
         task=config["task"],
@@ -45,10 +46,7 @@ rule saliency:
         conda_env()
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
-        cpus_per_gpu=2,
+        **rule_resources("saliency", 2),
     params:
         target_layer=config["saliency"]["target_layer"],
         batch_size=config["saliency"]["batch_size"],

@@ -20,8 +20,7 @@ rule verify:
         conda_env()
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **rule_resources("verify"),
     params:
         verify=lambda wc: vcfg(wc.variant)["verify"],
         input_resolution=lambda wc: vcfg(wc.variant)["suspects"]["resolution"],

@@ -17,10 +17,9 @@ rule xmark_generator:
         conda_env()
     threads: config["train_threads"]
     resources:
-        mem_mb=8000,
-        runtime=lambda wc, attempt: 120 * attempt,
-        gpu=1,
-        cpus_per_gpu=2,
+        **rule_resources(
+            "xmark_generator", config["train_threads"], config["xmark"]["num_workers"]
+        ),
     params:
         xmark=lambda wc: vcfg(wc.variant)["xmark"],
         key=lambda wc: int(wc.key),
@@ -54,10 +53,7 @@ rule xmark_release:
         conda_env()
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
-        cpus_per_gpu=2,
+        **rule_resources("xmark_release", 2),
     params:
         **release_params(method="xmark"),
         method="xmark",
@@ -180,8 +176,7 @@ rule xmark_diagnostics:
         conda_env()
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **rule_resources("xmark_diagnostics"),
     params:
         indep_wms=lambda wc: indep_wms(vcfg(wc.variant)),
         archs=lambda wc: vcfg(wc.variant)["suspects"]["archs"],

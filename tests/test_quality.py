@@ -81,3 +81,20 @@ def test_quality_table() -> None:
         quality_table([{"variant": "a"}, {"variant": "a"}])
     with pytest.raises(ValueError):
         quality_table([])
+
+
+def test_release_quality_in_blocks_equals_one_call() -> None:
+    """The release computes quality block by block (memory flat in the number of marked
+    images); per-image metrics and the summary must not depend on the blocking beyond rounding
+    (the DCT of a batch may round in the last bit)."""
+    from medmark.quality import release_quality, release_quality_blocks
+
+    rng = np.random.default_rng(4)
+    clean = rng.integers(0, 256, (7, 16, 16), dtype=np.uint8)
+    wm = np.clip(clean.astype(int) + rng.integers(-3, 4, clean.shape), 0, 255).astype(np.uint8)
+    wm[2] = clean[2]  # one unchanged pair
+    whole = release_quality(clean, wm)
+    blocks = release_quality_blocks((clean[i : i + 3], wm[i : i + 3]) for i in range(0, 7, 3))
+    assert blocks["summary"] == pytest.approx(whole["summary"], rel=1e-12, nan_ok=True)
+    for k, v in whole["per_image"].items():
+        np.testing.assert_allclose(blocks["per_image"][k], v, rtol=1e-12)

@@ -74,3 +74,21 @@ def test_write_saliency_h5(tmp_path, model):
 def _read(path):
     with h5py.File(path) as f:
         return f["images"][:]
+
+
+@pytest.mark.parametrize(("arch", "res"), [("resnet18", 224), ("shufflenet_v2", 64)])
+def test_thin_svd_projection_equals_the_library_full_svd(arch, res):
+    """The first principal component from the thin SVD is the library's, sign included.
+
+    Breakage guarded: a projection on another singular vector or with the sign flipped (e.g.
+    ``vt[-1]`` or ``-vt[0]``) differs from ``get_2d_projection``."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    from medmark.saliency import first_component_projection
+
+    m = build_classifier(arch, seed=1).eval()
+    batcher = EigenCamBatcher(m, resolution=res)
+    x = torch.rand(4, 1, res, res, generator=torch.Generator().manual_seed(2))
+    acts = batcher.activations(x).numpy()
+    batcher.close()
+    np.testing.assert_allclose(first_component_projection(acts), get_2d_projection(acts), atol=1e-5)

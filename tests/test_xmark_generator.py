@@ -355,3 +355,15 @@ def test_saved_generator_bytes_do_not_depend_on_the_file_name(tmp_path: Path) ->
     save_generator(gen, tmp_path / "a.pt", {"key": 1})
     save_generator(gen, tmp_path / "other_name.pt", {"key": 1})
     assert sha256_file(tmp_path / "a.pt") == sha256_file(tmp_path / "other_name.pt")
+
+
+def test_apply_generator_records_no_autograd_graph() -> None:
+    """The release marks whole batches at full resolution: recording their autograd graph would
+    hold every activation (gigabytes at 448 px). Breakage guarded: ``@torch.no_grad`` dropped
+    from ``apply_generator``."""
+    gen = build_generator(GeneratorConfig(base_channels=4, depth=2), seed=0)
+    seen: list[bool] = []
+    gen.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    images = np.zeros((3, 16, 16), dtype=np.uint8)
+    apply_generator(gen, images, np.ones((3, 16, 16), dtype=np.float32), 2, CPU)
+    assert seen == [False, False]

@@ -158,3 +158,62 @@ def package_source_hash(package_dir: str | os.PathLike[str] | None = None) -> st
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- resources
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """One rule's Slurm request, from the CheXpert-scale plan (docs/cluster.md).
+
+    ``mem_mb``: the stage's peak RSS measured by ``benchmarks/scale.py`` (flat in the dataset
+    size) with a margin, plus the CUDA runtime on GPU rules; each DataLoader worker adds
+    :data:`WORKER_MB`. ``runtime``: minutes for the first attempt, from the measured per-image
+    times and the models' FLOP counts at CheXpert size; ``per_attempt`` rules (training) ask
+    for ``runtime * attempt`` on their retries. A GPU rule asks for one GPU and
+    ``cpus_per_gpu`` = its torch threads + its loader workers.
+    """
+
+    mem_mb: int
+    runtime: int
+    gpu: bool = False
+    per_attempt: bool = False
+
+
+WORKER_MB = 500  # one DataLoader worker process (torch imported, one batch in flight)
+
+JOB_PLAN: dict[str, JobPlan] = {
+    "ingest": JobPlan(mem_mb=2000, runtime=60),
+    "preprocess": JobPlan(mem_mb=2000, runtime=120),
+    "surrogate": JobPlan(mem_mb=6000, runtime=60, gpu=True, per_attempt=True),
+    "saliency": JobPlan(mem_mb=6000, runtime=120, gpu=True),
+    "xmark_generator": JobPlan(mem_mb=8000, runtime=60, gpu=True, per_attempt=True),
+    "xmark_release": JobPlan(mem_mb=8000, runtime=90, gpu=True),
+    "suspect": JobPlan(mem_mb=6000, runtime=120, gpu=True, per_attempt=True),
+    "attack_model": JobPlan(mem_mb=6000, runtime=120, gpu=True, per_attempt=True),
+    "verify": JobPlan(mem_mb=2000, runtime=120),
+    "xmark_diagnostics": JobPlan(mem_mb=3000, runtime=60),
+}
+"""Per-rule requests; ``suspect`` serves every classifier-training rule (suspects, clean
+references, the release proxy). docs/cluster.md's plan table shows the same values (tested)."""
+
+
+def _times_attempt(minutes: int) -> Callable[[Any, int], int]:
+    def runtime(wildcards: Any, attempt: int) -> int:
+        return minutes * attempt
+
+    return runtime
+
+
+def rule_resources(rule: str, threads: int = 1, workers: int = 0) -> dict[str, Any]:
+    """The ``resources:`` of ``rule`` (a key of :data:`JOB_PLAN`) whose job runs ``threads``
+    torch threads and ``workers`` DataLoader worker processes."""
+    plan = JOB_PLAN[rule]
+    out: dict[str, Any] = {
+        "mem_mb": plan.mem_mb + WORKER_MB * workers,
+        "runtime": _times_attempt(plan.runtime) if plan.per_attempt else plan.runtime,
+    }
+    if plan.gpu:
+        out |= {"gpu": 1, "cpus_per_gpu": threads + workers}
+    return out

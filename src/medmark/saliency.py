@@ -1,14 +1,21 @@
 """Batched EigenCAM saliency maps (X-Mark, Kulkarni, Guo, Huang, arXiv 2602.09284: saliency conditioning).
 
 EigenCAM (Muhammad & Yeasin, IJCNN 2020) projects a convolutional layer's activations on their
-first principal component; it is class-agnostic and needs no gradients. We wrap the ``grad-cam``
-package's implementation rather than re-implementing it, feed it whole batches, and store the maps
-(normalised to [0, 1] per image by the library) as float16 next to the images.
+first principal component; it is class-agnostic and needs no gradients. The maths is the
+``grad-cam`` package's own (``get_2d_projection``: per-image SVD, ``scale_cam_image``: min-max
+scaling and resize); we only drive it differently from its ``EigenCAM`` class, whose call costs
+more than the forward pass it needs (measured, ``benchmarks/saliency.py``): it runs the model
+with autograd recording (EigenCAM needs no gradient), runs the layers after the target and the
+classifier head (their output is unused), and copies the activations. Here one forward hook,
+registered once, captures the target layer's output under ``torch.inference_mode`` and stops the
+forward there. Maps equal the library's per-image call to 1e-4 (tested) and are stored, in
+``[0, 1]`` per image, as float16 next to the images.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from pytorch_grad_cam import EigenCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import nn
 
 from medmark.io import atomic_path
@@ -39,23 +46,75 @@ def resolve_cam_layer(
         ) from e
 
 
+def first_component_projection(activations: np.ndarray) -> np.ndarray:
+    """grad-cam's ``get_2d_projection`` with the thin SVD: float32 ``(N, h, w)`` projections of
+    ``(N, C, h, w)`` activations on their first principal component.
+
+    The library asks numpy for the *full* SVD of each centred ``(h*w, C)`` matrix, which builds
+    the whole ``C x C`` right-singular basis (512 x 512 for a ResNet-18 block) to use its first
+    row only; at 224 px that costs a third of the forward pass (``benchmarks/saliency.py``). The
+    thin SVD runs the same LAPACK driver (``gesdd``) on the same matrix, and its first right
+    singular vector came out bit-identical, sign included, on every architecture and resolution
+    we tried; ``tests/test_saliency.py`` compares the maps with the library's call.
+    """
+    acts = np.array(activations, dtype=np.float32)  # a copy, as the library's
+    acts[np.isnan(acts)] = 0
+    out = np.empty((acts.shape[0], *acts.shape[2:]), dtype=np.float32)
+    for i, a in enumerate(acts):
+        m = a.reshape(a.shape[0], -1).transpose()
+        m = m - m.mean(axis=0)
+        vt = np.linalg.svd(m, full_matrices=False)[2]
+        out[i] = (m @ vt[0, :]).reshape(a.shape[1:])
+    return out
+
+
+class _Captured(Exception):
+    """Raised by the capture hook to stop the forward pass at the target layer."""
+
+
 class EigenCamBatcher:
-    """EigenCAM over batches of ``float32 (N, 1, H, W)`` images in ``[0, 1]``."""
+    """EigenCAM over batches of ``float32 (N, 1, H, W)`` images in ``[0, 1]`` (module docstring)."""
 
     def __init__(
         self, model: Classifier, target_layer: str = "auto", resolution: int | None = None
     ) -> None:
         self.model = model.eval()
-        layer = resolve_cam_layer(model, target_layer, resolution)
-        self.cam = EigenCAM(model=self.model, target_layers=[layer])
+        self.layer = resolve_cam_layer(model, target_layer, resolution)
+        self._acts: torch.Tensor | None = None
+        self._armed = False  # the hook acts only inside activations(): other callers of the
+        self._hook = self.layer.register_forward_hook(self._capture)  # model run it whole
+
+    def _capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if self._armed:
+            self._acts = output
+            raise _Captured
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """The target layer's output for ``x`` (the layers after it are not run)."""
+        self._acts = None
+        self._armed = True
+        try:
+            with torch.inference_mode():
+                self.model(x)
+        except _Captured:
+            pass
+        finally:
+            self._armed = False
+        if self._acts is None:
+            raise RuntimeError("the target layer was not reached by the forward pass")
+        acts, self._acts = self._acts, None
+        return acts
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         """Maps ``float32 (N, H, W)`` in ``[0, 1]`` at the input resolution."""
-        maps = self.cam(input_tensor=x, targets=None)
-        return np.asarray(maps, dtype=np.float32)
+        acts = self.activations(x).float().cpu().numpy()
+        # grad-cam's BaseCAM.compute_cam_per_layer + aggregate_multi_layers, one target layer
+        cam = np.maximum(first_component_projection(acts), 0)
+        scaled = scale_cam_image(cam, (x.shape[-1], x.shape[-2]))
+        return scale_cam_image(np.maximum(scaled, 0))
 
     def close(self) -> None:
-        self.cam.activations_and_grads.release()
+        self._hook.remove()
 
 
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
@@ -78,11 +137,12 @@ def write_saliency_h5(
     ``maps`` is float16 ``(N, R, R)`` chunked one map per chunk; ``ids`` repeats the image ids in
     the same order so readers can check alignment. Streams batch by batch; atomic output.
     """
+    t0 = time.perf_counter()
     model = model.to(device)
     with h5py.File(images_h5, "r") as src:
         n, h, w = src["images"].shape
     batcher = EigenCamBatcher(model, target_layer, resolution=h)
-    layer_name = next(k for k, m in model.named_modules() if m is batcher.cam.target_layers[0])
+    layer_name = next(k for k, m in model.named_modules() if m is batcher.layer)
     try:
         with h5py.File(images_h5, "r") as src, atomic_path(out_h5, suffix=".h5") as tmp:
             images = src["images"]
@@ -108,5 +168,8 @@ def write_saliency_h5(
                 )
     finally:
         batcher.close()
-    log.info("saliency: %d maps written to %s", n, out_h5)
+    seconds = time.perf_counter() - t0
+    log.info(
+        "saliency: %d maps written to %s in %.1f s (%.1f images/s)", n, out_h5, seconds, n / seconds
+    )
     return n

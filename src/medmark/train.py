@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from medmark.accel import Accel, setup_backends
 from medmark.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,25 @@ class TrainConfig:
     weight_decay: float = 1e-4
     num_workers: int = 0
     augment: bool = True
+    bf16: bool = False
+    channels_last: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: every field, except the accelerator
+        switches while they are off (checkpoints written before they existed stay valid)."""
+        d = asdict(self)
+        for key in ACCEL_KEYS:
+            if not d[key]:
+                del d[key]
+        return d
+
+
+ACCEL_KEYS = ("bf16", "channels_last")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -95,14 +110,16 @@ def train_classifier(
     distillation attack: KL to the teacher's distribution). Returns the per-epoch history.
     """
     last_path = Path(last_path)
-    model.to(device)
+    accel = Accel(device, bf16=cfg.bf16, channels_last=cfg.channels_last)
+    setup_backends(device)
+    model = accel.prepare(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     history: list[dict[str, float]] = []
     start = 0
     if last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=False)
-        if state.get("config") != asdict(cfg) or state.get("seed") != seed:
+        if state.get("config") != cfg.fingerprint() or state.get("seed") != seed:
             raise ValueError(
                 f"{last_path}: checkpoint was written with another config/seed; delete it to restart"
             )
@@ -126,21 +143,24 @@ def train_classifier(
             generator=shuffle_gen,
             num_workers=cfg.num_workers,
             drop_last=len(train_set) > cfg.batch_size,
+            **accel.loader_kwargs(),
         )
         model.train()
         total, correct, loss_sum = 0, 0, 0.0
         for x, y in loader:
-            x = resize_batch(x.to(device, torch.float32), input_resolution)
-            y = y.to(device)
+            x = resize_batch(accel.batch(x), input_resolution)
+            y = accel.batch(y, None)
             if cfg.augment:
                 x = augment_batch(x, aug_gen)
-            logits = model(x)
-            if loss_fn is not None:
-                loss = loss_fn(logits, y)
-            elif y.dtype.is_floating_point:
-                loss = F.kl_div(F.log_softmax(logits, 1), y, reduction="batchmean")
-            else:
-                loss = F.cross_entropy(logits, y)
+            x = accel.layout(x)
+            with accel.autocast():
+                logits = model(x)
+                if loss_fn is not None:
+                    loss = loss_fn(logits, y)
+                elif y.dtype.is_floating_point:
+                    loss = F.kl_div(F.log_softmax(logits, 1), y, reduction="batchmean")
+                else:
+                    loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -172,7 +192,7 @@ def train_classifier(
                 "scheduler": sched.state_dict(),
                 "history": history,
                 "epoch": epoch,
-                "config": asdict(cfg),
+                "config": cfg.fingerprint(),
                 "seed": seed,
             },
         )

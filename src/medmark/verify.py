@@ -37,7 +37,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -996,7 +996,7 @@ class OwnerVerification:
     clean: np.ndarray
     watermarked: np.ndarray
     ids: list[str]
-    test_images: np.ndarray | None
+    test_images: np.ndarray | H5TestImages | None
     test_labels: np.ndarray | None
     decoys: np.ndarray | None = None  # (K, m, 1, R, R) float32, same images, decoy keys
 
@@ -1011,15 +1011,55 @@ OWNER_JSON_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _u8_images(ds: Any, path: Path, key: str, resolution: int) -> np.ndarray:
-    arr = ds[()]
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != (resolution, resolution):
+def _check_u8(ds: Any, path: Path, key: str, resolution: int) -> None:
+    """``ds`` (array or HDF5 dataset, not read) is uint8 ``(n, resolution, resolution)``."""
+    if ds.dtype != np.uint8 or ds.ndim != 3 or ds.shape[1:] != (resolution, resolution):
         raise DataFormatError(
-            f"expected uint8 (n, {resolution}, {resolution}), got {arr.dtype} {arr.shape}",
+            f"expected uint8 (n, {resolution}, {resolution}), got {ds.dtype} {ds.shape}",
             file=str(path),
             field=key,
         )
-    return (arr.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+
+
+def _u8_images(ds: Any, path: Path, key: str, resolution: int) -> np.ndarray:
+    _check_u8(ds, path, key, resolution)
+    return (ds[()].astype(np.float32) / np.float32(255.0))[:, None, :, :]
+
+
+TEST_BLOCK = 512  # test images per query when read from the file (float32: 103 MB at 224 px)
+
+
+class H5TestImages:
+    """The ``test_images`` of a verification file, read block by block.
+
+    A CheXpert-scale test split has tens of thousands of images (float32 at 224 px: 200 kB
+    each), so the verifier never holds it whole: :meth:`blocks` yields float32
+    ``(b, 1, R, R)`` in ``[0, 1]`` (``u8 / 255``, as :func:`load_owner_verification` returns
+    the other images). The file's sha256 was checked when it was loaded.
+    """
+
+    def __init__(self, path: Path, resolution: int, n: int, key: str = "test_images") -> None:
+        self.path, self.resolution, self.n, self.key = Path(path), resolution, n, key
+
+    def __len__(self) -> int:
+        return self.n
+
+    def blocks(self, size: int = TEST_BLOCK) -> Iterator[np.ndarray]:
+        """float32 ``(b, 1, R, R)`` blocks of at most ``size`` images, in file order."""
+        import h5py
+
+        with h5py.File(self.path, "r") as h5:
+            ds = h5[self.key]
+            for i in range(0, self.n, size):
+                yield (ds[i : i + size].astype(np.float32) / np.float32(255.0))[:, None, :, :]
+
+
+def iter_test_blocks(test_images: np.ndarray | H5TestImages) -> Iterator[np.ndarray]:
+    """An in-memory array as one block, a :class:`H5TestImages` in :data:`TEST_BLOCK` blocks."""
+    if isinstance(test_images, H5TestImages):
+        yield from test_images.blocks()
+    else:
+        yield test_images
 
 
 def _read_owner_json(owner_dir: Path) -> dict[str, Any]:
@@ -1142,7 +1182,8 @@ def load_owner_verification(
     ``verification_sha256``).
     Content: ``clean``/``watermarked`` uint8 ``(m, R, R)``, ``ids`` str ``(m,)``, optional
     ``test_images`` uint8 ``(n, R, R)`` with ``test_labels`` int ``(n,)``. Images are returned
-    as float32 ``(N, 1, R, R)``, ``x = u8 / 255``.
+    as float32 ``(N, 1, R, R)``, ``x = u8 / 255``; the test images as a :class:`H5TestImages`
+    (read block by block when queried).
     """
     import h5py
 
@@ -1221,7 +1262,8 @@ def load_owner_verification(
             )
         test_images = test_labels = None
         if has_img:
-            test_images = _u8_images(h5["test_images"], hpath, "test_images", res)
+            _check_u8(h5["test_images"], hpath, "test_images", res)
+            test_images = H5TestImages(hpath, res, len(h5["test_images"]))
             test_labels = h5["test_labels"][()]
             if not np.issubdtype(test_labels.dtype, np.integer) or test_labels.shape != (
                 len(test_images),
@@ -1295,7 +1337,7 @@ def verify_suspect(
     blackbox: BlackBox,
     clean_images: np.ndarray,
     watermarked_images: np.ndarray,
-    test_images: np.ndarray | None,
+    test_images: np.ndarray | H5TestImages | None,
     test_labels: np.ndarray | None,
     target_class: int,
     tau: float,
@@ -1410,16 +1452,18 @@ def verify_suspect(
     if test_images is None or len(test_images) == 0:
         flags.append(FLAG_NO_TEST)
     else:
-        xt = check_images(test_images, "test_images")
         yt = np.asarray(test_labels)
-        if yt.shape != (len(xt),):
+        if yt.shape != (len(test_images),):
             raise DataFormatError(
-                f"{yt.shape} test labels for {len(xt)} test images", field="test_labels"
+                f"{yt.shape} test labels for {len(test_images)} test images", field="test_labels"
             )
+        # Queried block by block when read from the file: memory flat in the test split's size.
+        blocks = (check_images(b, "test_images") for b in iter_test_blocks(test_images))
         if hard_label:
-            bm = benign_metrics(yt, pred=_labels_of(blackbox, xt))
+            bm = benign_metrics(yt, pred=np.concatenate([_labels_of(blackbox, b) for b in blocks]))
         else:
-            bm = benign_metrics(yt, probs=_proba_of(blackbox, xt, target_class))
+            probs = np.concatenate([_proba_of(blackbox, b, target_class) for b in blocks])
+            bm = benign_metrics(yt, probs=probs)
         ba, auroc, n_test = bm.accuracy, bm.auroc, bm.n
         flags.extend(bm.flags)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medmark.data.h5 import H5Images, read_table
+from medmark.data.h5 import H5Images, read_rows, read_table
 from medmark.data.labels import IGNORE, OBSERVATIONS, task_labels
 
 
@@ -64,22 +65,39 @@ class WithSaliency(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
                     f"{saliency_h5}: ids do not match {labeled.images.path} row for row"
                 )
         self._maps: h5py.Dataset | None = None
+        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.labeled)
 
-    def _map(self, row: int) -> torch.Tensor:
-        if self._maps is None:
+    def _dataset(self) -> h5py.Dataset:
+        if self._maps is None or self._pid != os.getpid():
+            # A handle inherited through fork belongs to the parent: open our own.
             self._maps = h5py.File(self.saliency_h5, "r")["maps"]
-        return torch.from_numpy(self._maps[row].astype(np.float32)).unsqueeze(0)
+            self._pid = os.getpid()
+        return self._maps
+
+    @staticmethod
+    def _to_tensor(m: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(m.astype(np.float32)).unsqueeze(0)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         x, row = self.labeled.images[i]
-        return x, self._map(row), int(self.labeled.y_by_row[row])
+        return x, self._to_tensor(self._dataset()[row]), int(self.labeled.y_by_row[row])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """A whole DataLoader batch: images and maps each read with one sorted pass."""
+        items = self.labeled.images.__getitems__(indices)
+        rows = np.array([row for _, row in items], dtype=np.int64)
+        maps = read_rows(self._dataset(), rows)
+        y = self.labeled.y_by_row
+        return [
+            (x, self._to_tensor(m), int(y[row])) for (x, row), m in zip(items, maps, strict=True)
+        ]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_maps"] = None
+        state["_maps"] = state["_pid"] = None
         return state
 
 

@@ -237,7 +237,7 @@ def _as_rows(rows: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+def read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     """Read ``ds[rows]`` (any order, repeats allowed) with one sorted pass over the file.
 
     Sorted unique rows are grouped into contiguous runs, each read with one hyperslab
@@ -261,7 +261,7 @@ def read_images(path: str | os.PathLike[str], rows: Sequence[int] | np.ndarray) 
     """uint8 ``(len(rows), R, R)`` pixels of HDF5 ``rows``, in the order given (one sorted read)."""
     with h5py.File(path, "r") as f:
         n = _check_layout(f, path)
-        return _read_rows(f[IMAGES], _as_rows(rows, n))
+        return read_rows(f[IMAGES], _as_rows(rows, n))
 
 
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -346,7 +346,7 @@ class H5Images(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        images = _read_rows(self._dataset(), rows)
+        images = read_rows(self._dataset(), rows)
         return [
             (self._to_tensor(img), int(r)) for img, r in zip(images, rows.tolist(), strict=True)
         ]

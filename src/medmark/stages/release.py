@@ -19,10 +19,12 @@ from medmark.data.h5 import read_images, read_table
 from medmark.io import atomic_path
 from medmark.methods.registry import method_class
 from medmark.methods.release import write_owner_dir, write_release
-from medmark.quality import release_quality
+from medmark.quality import release_quality_blocks
 from medmark.runtime import resolve_device, seed_everything, set_threads
 
 log = logging.getLogger(__name__)
+
+QUALITY_BLOCK = 256  # watermarked images per block of the quality metrics (memory flat in N)
 
 
 def release_stage(
@@ -112,9 +114,13 @@ def write_quality(
         rel_rows = rel.loc[rel["image_id"].isin(want), ["image_id", "row"]].sort_values("image_id")
         if not np.array_equal(src_rows["image_id"].to_numpy(), rel_rows["image_id"].to_numpy()):
             raise RuntimeError(f"{rel_h5}: poisoned ids do not match {prep_h5}")
-        q = release_quality(
-            read_images(prep_h5, src_rows["row"].to_numpy()),
-            read_images(rel_h5, rel_rows["row"].to_numpy()),
+        a, b = src_rows["row"].to_numpy(), rel_rows["row"].to_numpy()
+        q = release_quality_blocks(
+            (
+                read_images(prep_h5, a[i : i + QUALITY_BLOCK]),
+                read_images(rel_h5, b[i : i + QUALITY_BLOCK]),
+            )
+            for i in range(0, len(a), QUALITY_BLOCK)
         )
         rows.append({"resolution": res, **q["summary"]})
     table = pd.DataFrame(rows)

@@ -16,13 +16,15 @@ import numpy as np
 import torch
 
 from medmark.data.datasets import WithSaliency, labeled_split
-from medmark.data.h5 import read_images, read_table
+from medmark.data.h5 import H5Images, read_table
+from medmark.evaluation import predict_dataset
 from medmark.methods.xmark import save_generator, train_generator
 from medmark.models import load_classifier
 from medmark.runtime import resolve_device, seed_everything, set_threads
-from medmark.train import predict_proba
 
 log = logging.getLogger(__name__)
+
+PREDICT_BLOCK = 128  # images per surrogate query (as medmark.train.predict_proba)
 
 
 def generator_stage(
@@ -88,10 +90,14 @@ def check_surrogate(
     images) logs the same message as a warning instead. Returns the predicted-class counts.
     """
     test = labeled_split(prep_h5, task, "test")
-    images = read_images(prep_h5, test.images.rows)
-    pred = predict_proba(
-        surrogate, images, device=device, input_resolution=input_resolution
-    ).argmax(axis=1)
+    probs, _ = predict_dataset(
+        surrogate,
+        test,
+        device=device,
+        batch_size=PREDICT_BLOCK,
+        input_resolution=input_resolution,
+    )
+    pred = probs.argmax(axis=1)
     counts = {int(c): int((pred == c).sum()) for c in np.unique(pred)}
     if len(counts) < 2:
         msg = (
@@ -117,9 +123,16 @@ def target_scores(
     data = labeled_split(prep_h5, task, "release")
     rows = data.images.rows[data.y_by_row[data.images.rows] == task["target_class"]]
     ids = read_table(prep_h5)["image_id"].to_numpy()[rows]
-    p = predict_proba(
-        surrogate, read_images(prep_h5, rows), device=device, input_resolution=input_resolution
-    )[:, task["target_class"]]
+    if rows.size == 0:
+        return {}
+    probs, _ = predict_dataset(
+        surrogate,
+        H5Images(prep_h5, indices=rows),
+        device=device,
+        batch_size=PREDICT_BLOCK,
+        input_resolution=input_resolution,
+    )
+    p = probs[:, task["target_class"]]
     return dict(zip(ids.tolist(), p.astype(float).tolist(), strict=True))
 
 

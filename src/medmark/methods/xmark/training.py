@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from medmark.accel import Accel, setup_backends
 from medmark.io import atomic_path, stable_hash
 from medmark.methods.xmark.config import resolve_xmark
 from medmark.methods.xmark.generator import GeneratorConfig, XMarkGenerator, build_generator
@@ -83,6 +84,16 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+FEEDING_KEYS = ("num_workers", "bf16", "channels_last")
+
+
+def _fingerprinted(xc: dict[str, Any]) -> dict[str, Any]:
+    """The config a checkpoint is bound to: without ``num_workers`` (same batches either way)
+    and without the accelerator switches while they are off, so checkpoints written before
+    these keys existed stay resumable."""
+    return {k: v for k, v in xc.items() if k not in FEEDING_KEYS or (k != "num_workers" and v)}
+
+
 def train_generator(
     dataset: Dataset,
     surrogate: nn.Module,
@@ -94,17 +105,20 @@ def train_generator(
     loss_csv: str | Path,
     target_class: int = 1,
     surrogate_resolution: int | None = None,
-    num_workers: int = 0,
 ) -> XMarkGenerator:
     """Train a generator seeded by ``key`` on ``(x, s, y)`` items; resume from ``last_path``.
 
-    ``cfg`` is the ``xmark`` config section (missing keys take the schema defaults). Returns the
-    generator in eval mode with ``.meta`` (key, resolved config, target class, history).
+    ``cfg`` is the ``xmark`` config section (missing keys take the schema defaults; its
+    ``num_workers``, ``bf16`` and ``channels_last`` say how batches are fed, see
+    :mod:`medmark.accel`). Returns the generator in eval mode with ``.meta`` (key, resolved
+    config, target class, history).
     """
     xc = resolve_xmark(cfg)
     last_path = Path(last_path)
-    generator = build_generator(GeneratorConfig.from_xmark(xc, key), seed=key).to(device)
-    surrogate.eval().to(device)
+    accel = Accel(device, bf16=bool(xc["bf16"]), channels_last=bool(xc["channels_last"]))
+    setup_backends(device)
+    generator = accel.prepare(build_generator(GeneratorConfig.from_xmark(xc, key), seed=key))
+    accel.prepare(surrogate.eval())
     for p in surrogate.parameters():
         p.requires_grad_(False)
     objective = XMarkLoss(
@@ -112,7 +126,12 @@ def train_generator(
     ).to(device)
     opt = torch.optim.Adam(generator.parameters(), lr=float(xc["lr"]))
     fingerprint = stable_hash(
-        {"xmark": xc, "key": key, "target_class": target_class, "sres": surrogate_resolution}
+        {
+            "xmark": _fingerprinted(xc),
+            "key": key,
+            "target_class": target_class,
+            "sres": surrogate_resolution,
+        }
     )
     history: list[dict[str, float]] = []
     start = 0
@@ -140,22 +159,24 @@ def train_generator(
             batch_size=batch_size,
             shuffle=True,
             generator=shuffle_gen,
-            num_workers=num_workers,
+            num_workers=int(xc["num_workers"]),
             drop_last=len(dataset) > batch_size,  # type: ignore[arg-type]
+            **accel.loader_kwargs(),
         )
         generator.train()
         sums = dict.fromkeys((*TERMS, "total"), 0.0)
         batches = 0
         for x, s, y in loader:
-            x = x.to(device, torch.float32)
-            s = s.to(device, torch.float32)
-            y = torch.as_tensor(y).to(device)
-            x_wm, delta = generator(x, s)
-            full = None
-            if generator.keyed:
-                c = generator.carrier(x.shape[-2], x.shape[-1]).to(device)
-                full = generator.epsilon * generator.mask(s) * c
-            terms = objective(x, x_wm, delta, y, scale_gen, full=full)
+            x = accel.layout(accel.batch(x))
+            s = accel.layout(accel.batch(s))
+            y = accel.batch(torch.as_tensor(y), None)
+            with accel.autocast():
+                x_wm, delta = generator(x, s)
+                full = None
+                if generator.keyed:
+                    c = generator.carrier(x.shape[-2], x.shape[-1]).to(device)
+                    full = generator.epsilon * generator.mask(s) * c
+                terms = objective(x, x_wm, delta, y, scale_gen, full=full)
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
