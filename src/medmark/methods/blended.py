@@ -27,8 +27,6 @@ from medmark.methods.base import (
     to_unit,
 )
 
-_TAG = 0xB1E
-
 
 class Blended(WatermarkMethod):
     """Keyed uniform-noise pattern blended at ratio ``alpha``, poison-label."""
@@ -38,6 +36,8 @@ class Blended(WatermarkMethod):
     verification = "targeted"
     settings: ClassVar[tuple[str, ...]] = ("alpha", "pattern_size")
     citation: ClassVar[str] = "Chen et al., Targeted Backdoor Attacks ..., arXiv 1712.05526 (2017)"
+    #: Domain tag of the key's random stream.
+    tag: ClassVar[int] = 0xB1E
 
     def __init__(self, key: int, target_class: int, cfg: dict[str, Any]) -> None:
         super().__init__(key, target_class, cfg)
@@ -45,7 +45,7 @@ class Blended(WatermarkMethod):
         self.pattern_size = int(self.cfg["pattern_size"])
         if not 0.0 < self.alpha < 1.0 or self.pattern_size < 2:
             raise ValueError(f"blended: alpha in (0, 1), pattern_size >= 2; got {self.cfg}")
-        rng = np.random.default_rng([_TAG, self.key])
+        rng = np.random.default_rng([self.tag, self.key])
         self.pattern = rng.random((self.pattern_size, self.pattern_size)).astype(np.float32)
 
     def mark(

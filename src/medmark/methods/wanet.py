@@ -32,8 +32,6 @@ from medmark.methods.base import (
     to_unit,
 )
 
-_TAG = 0x3A4E7
-
 
 class WaNet(WatermarkMethod):
     """Keyed smooth warping field, poison-label, with noise-mode cross samples."""
@@ -43,6 +41,8 @@ class WaNet(WatermarkMethod):
     verification = "targeted"
     settings: ClassVar[tuple[str, ...]] = ("k", "s", "cross_ratio")
     citation: ClassVar[str] = "Nguyen, Tran, WaNet, ICLR 2021"
+    #: Domain tag of the key's random stream.
+    tag: ClassVar[int] = 0x3A4E7
 
     def __init__(self, key: int, target_class: int, cfg: dict[str, Any]) -> None:
         super().__init__(key, target_class, cfg)
@@ -50,10 +50,10 @@ class WaNet(WatermarkMethod):
         self.cross_ratio = float(self.cfg["cross_ratio"])
         if self.k < 2 or self.s <= 0 or self.cross_ratio < 0:
             raise ValueError(f"wanet: k >= 2, s > 0, cross_ratio >= 0; got {self.cfg}")
-        rng = np.random.default_rng([_TAG, self.key])
+        rng = np.random.default_rng([self.tag, self.key])
         field = rng.uniform(-1.0, 1.0, size=(2, self.k, self.k))
         self.field = (field / np.abs(field).mean()).astype(np.float32)
-        self._noise = np.random.default_rng([_TAG, self.key, 1])
+        self._noise = np.random.default_rng([self.tag, self.key, 1])
 
     def grid(self, res: int) -> torch.Tensor:
         """The owner's warp ``(1, res, res, 2)`` in ``grid_sample`` coordinates."""
@@ -76,7 +76,7 @@ class WaNet(WatermarkMethod):
         y = np.asarray(labels)
         rest = np.setdiff1d(np.flatnonzero(y >= 0), poisoned)
         n = min(len(rest), round(self.cross_ratio * len(poisoned)))
-        rng = np.random.default_rng([int(seed), _TAG])
+        rng = np.random.default_rng([int(seed), self.tag])
         noise_rows = np.sort(rng.choice(rest, size=n, replace=False))
         return Selection({"poisoned": base.poisoned, "noise": Group(noise_rows)})
 
