@@ -25,6 +25,7 @@ rule surrogate:
         task=config["task"],
         train_cfg=config["surrogate"]["train"],
         seed=config["surrogate"]["seed"],
+        seed_stream="surrogate",
         input_resolution=lambda wc: int(wc.sres),
         device=config["device"],
         last="results/surrogate/{arch}_r{sres}/last.pt",

@@ -13,6 +13,7 @@ with script_logging(snakemake.log[0]):
         task=p.task,
         train_cfg=p.train_cfg,
         seed=p.seed,
+        seed_stream=p.seed_stream,
         input_resolution=p.input_resolution,
         device=p.device,
         threads=snakemake.threads,

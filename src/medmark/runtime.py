@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -39,6 +40,24 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+#: Suspect, reference and population seeds are small integers; a stream seed is at least this.
+STREAM_SEED_FLOOR = 2**31
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """The torch/NumPy seed of a training job of role ``stream`` given the config's ``seed``.
+
+    Two roles that share a seed number and a recipe would otherwise train the same network: the
+    owner's surrogate (``surrogate.seed``) and the clean Ind-M suspect of the same seed, both on
+    the release split. The stream seed comes from a NumPy ``SeedSequence`` over a hash of the
+    role's name and ``seed``, in ``[2**31, 2**32)``: it cannot equal a schema seed below
+    :data:`STREAM_SEED_FLOOR`, and two roles collide only by a 32-bit hash accident.
+    """
+    tag = int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "little")
+    state = np.random.SeedSequence([tag, int(seed)]).generate_state(1, np.uint32)[0]
+    return int(state) | STREAM_SEED_FLOOR
 
 
 def set_threads(n: int | None) -> None:

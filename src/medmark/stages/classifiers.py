@@ -21,7 +21,7 @@ from medmark.data.datasets import labeled_split
 from medmark.evaluation import classification_metrics, predict_dataset
 from medmark.io import write_json_atomic
 from medmark.models import build_classifier, save_classifier
-from medmark.runtime import resolve_device, seed_everything, set_threads
+from medmark.runtime import resolve_device, seed_everything, set_threads, stream_seed
 from medmark.train import TrainConfig, train_classifier
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,19 @@ def train_and_save(
     out_history: str | Path,
     out_metrics: str | Path,
     meta: dict[str, Any],
+    seed_stream: str | None = None,
 ) -> dict[str, Any]:
-    """Train one classifier (resumable), evaluate it on the clean test split, save atomically."""
+    """Train one classifier (resumable), evaluate it on the clean test split, save atomically.
+
+    ``seed_stream`` names a role whose torch seed is :func:`medmark.runtime.stream_seed` of
+    ``seed`` (the surrogate's), so it never trains the same network as a suspect of that seed.
+    """
     set_threads(threads)
-    seed_everything(seed)
+    torch_seed = seed if seed_stream is None else stream_seed(seed, seed_stream)
+    seed_everything(torch_seed)
     dev = resolve_device(device)
     train_set = labeled_split(train_h5, task, train_split)
-    model = build_classifier(arch, seed=seed)
+    model = build_classifier(arch, seed=torch_seed)
     cfg = TrainConfig.from_dict(train_cfg)
     log.info(
         "training %s on %s (%d images, split=%s) seed %d",
@@ -60,13 +66,13 @@ def train_and_save(
         train_h5,
         len(train_set),
         train_split,
-        seed,
+        torch_seed,
     )
     history = train_classifier(
         model,
         train_set,
         cfg,
-        seed=seed,
+        seed=torch_seed,
         device=dev,
         last_path=out_last,
         history_csv=out_history,
@@ -79,6 +85,8 @@ def train_and_save(
         **classification_metrics(probs, labels),
         "arch": arch,
         "seed": seed,
+        "seed_stream": seed_stream,
+        "torch_seed": torch_seed,
         "input_resolution": input_resolution,
         "train_h5": str(train_h5),
         "train_split": train_split,
