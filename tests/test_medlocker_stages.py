@@ -153,6 +153,9 @@ def test_evaluate_attacks_examples(locked_run, tmp_path):
     )
     assert att["attack"].str.startswith("inpaint").sum() == 2
     assert att["attack"].str.startswith("fine-tune").sum() == 1
+    clean_cols = ["accuracy_clean_attacked", "auroc_clean_attacked"]
+    assert att["accuracy_clean_attacked"].notna().all() and set(clean_cols) <= set(att.columns)
+    assert "clean, attacked" in (tmp_path / "a.md").read_text()
     st.examples_stage(
         prep_h5=d / "prep.h5",
         lock=lock,
@@ -297,3 +300,47 @@ def test_unlock_cli_restores_bytes_and_refuses_bad_keys_and_packages(locked_run,
     short = tmp_path / "short.hex"
     short.write_text("11" * 8)
     assert main([*args, "--key", str(short), "--out", str(tmp_path / "s.h5")]) == 2
+
+
+def test_attack_table_clean_column_transforms_the_clean_images(tmp_path):
+    """The clean column of every transform is the model on the *clean* images under that
+    transform: a toy model right on every clean image and wrong on every locked one must read
+    1.0 there and 0.0 in the locked column, before and after each transform."""
+    n, r = 4, 16
+    y = np.array([0, 1, 0, 1])
+    clean = np.where(y[:, None, None] == 1, 200, 40).astype(np.uint8) * np.ones((n, r, r), np.uint8)
+    locked = (255 - clean).astype(np.uint8)  # inverted: the toy model is wrong on every image
+    params = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(n)],
+            "status": ["locked", "locked", "locked", "skipped"],
+            "u": 4,
+            "v": 4,
+            "logo_h": 8,
+            "logo_w": 8,
+        }
+    ).set_index("image_id")
+    write_default_logo(tmp_path / "logo.png", side=16)
+    pairs = st.attack_pairs(
+        clean,
+        locked,
+        params,
+        st.load_logo(tmp_path / "logo.png"),
+        {"crop_box": [0.1, 0.1, 0.9, 0.85], "resize": 0.5, "jpeg_quality": 50},
+    )
+    assert set(pairs) >= {st.NO_ATTACK, "crop to lungs", "resize x0.5", "JPEG q50"}
+    calls = []
+
+    def predict(model, imgs):
+        calls.append(imgs)
+        p1 = imgs.reshape(len(imgs), -1).mean(axis=1) / 255.0
+        return np.stack([1 - p1, p1], axis=1)
+
+    rows = pd.DataFrame(st.attack_rows(["toy"], pairs, y, predict))
+    assert len(rows) == len(pairs)
+    for col in ("accuracy_clean", "accuracy_clean_attacked", "auroc_clean_attacked"):
+        assert (rows[col] == 1.0).all(), (col, rows[["attack", col]])
+    for col in ("accuracy_before", "accuracy", "auroc"):
+        assert (rows[col] == 0.0).all(), (col, rows[["attack", col]])
+    md = st.attacks_markdown(rows)
+    assert "| crop to lungs | toy | 1.000 | 1.000 | 0.000 | 0.000 |" in md

@@ -13,7 +13,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from medmark.io import atomic_path, write_json_atomic, write_text_atomic
 from medmark.methods.medlocker import certificate as certs
 from medmark.methods.medlocker import metrics as mx
 from medmark.methods.medlocker import restore
-from medmark.methods.medlocker.logo import load_logo
+from medmark.methods.medlocker.logo import Logo, load_logo
 from medmark.methods.medlocker.optimize import OptimConfig, optimise, random_placement
 from medmark.methods.medlocker.placement import (
     anatomy_boxes,
@@ -484,46 +484,20 @@ def attacks_stage(
     out_csv: str | Path,
     out_md: str | Path,
 ) -> pd.DataFrame:
-    """Accuracy of each model on locked images after each attack (docs/methods/medlocker.md)."""
+    """Accuracy and AUROC of each model after each attack on the lock, beside the same model on
+    the clean images under the same transform (docs/methods/medlocker.md, "What is measured")."""
     set_threads(threads)
     seed_everything(int(cfg["seed"]))
     dev = resolve_device(device)
     _table, clean, locked, params = _load_lock(prep_h5, lock)
     y = params["y"].to_numpy(dtype=np.int64, copy=True)
-    logo = load_logo(logo_path)
-    res = clean.shape[1]
-    attacked: dict[str, np.ndarray] = {"none (locked)": locked}
-    known, est = locked.copy(), locked.copy()
-    for k, (_iid, p) in enumerate(params.iterrows()):
-        if p["status"] != "locked":
-            continue
-        _, mask = logo.scaled(max(int(p["logo_h"]), int(p["logo_w"])))
-        m = mask.numpy()
-        known[k] = mx.inpaint(locked[k], mx.logo_pixels((res, res), m, int(p["u"]), int(p["v"])))
-        eu, ev = mx.estimate_footprint(locked[k], m)
-        est[k] = mx.inpaint(locked[k], mx.logo_pixels((res, res), m, eu, ev))
-    attacked["inpaint, footprint known"] = known
-    attacked["inpaint, footprint estimated"] = est
-    ac = cfg["attacks"]
-    attacked["crop to lungs"] = np.stack([mx.crop_resize(x, tuple(ac["crop_box"])) for x in locked])
-    attacked[f"resize x{ac['resize']}"] = np.stack([mx.down_up(x, ac["resize"]) for x in locked])
-    attacked[f"JPEG q{ac['jpeg_quality']}"] = np.stack(
-        [mx.jpeg(x, ac["jpeg_quality"]) for x in locked]
-    )
-    rows = []
+    pairs = attack_pairs(clean, locked, params, load_logo(logo_path), cfg["attacks"])
     nets = {name: load_classifier(p) for name, p in models.items()}
-    for name, net in nets.items():
-        acc_clean = _acc(net, clean, y, dev, input_resolutions[name])
-        for attack, imgs in attacked.items():
-            rows.append(
-                {
-                    "attack": attack,
-                    "model": name,
-                    "accuracy_clean": acc_clean,
-                    "accuracy": _acc(net, imgs, y, dev, input_resolutions[name]),
-                    "n": len(y),
-                }
-            )
+
+    def predict(name: str, imgs: np.ndarray) -> np.ndarray:
+        return predict_proba(nets[name], imgs, device=dev, input_resolution=input_resolutions[name])
+
+    rows = attack_rows(list(nets), pairs, y, predict)
     rows += finetune_attack(
         nets, clean, locked, y, input_resolutions, finetune_train, int(cfg["seed"]), dev
     )
@@ -534,9 +508,102 @@ def attacks_stage(
     return df
 
 
-def _acc(net: torch.nn.Module, imgs: np.ndarray, y: np.ndarray, dev: torch.device, r: int) -> float:
-    p = predict_proba(net, imgs, device=dev, input_resolution=r)
-    return float((p.argmax(1) == y).mean())
+#: The attack-table row of the lock itself (no transform).
+NO_ATTACK = "none (locked)"
+
+
+def attack_pairs(
+    clean: np.ndarray,
+    locked: np.ndarray,
+    params: pd.DataFrame,
+    logo: Logo,
+    attacks_cfg: Mapping[str, Any],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per attack, ``(clean images transformed, locked images transformed)``: the *same*
+    transform applied to both, so the clean column says what the transform alone costs.
+
+    Inpainting fills the logo's pixels (OpenCV Telea) at the certified footprint (``known``) or
+    at the footprint the attacker estimates on the locked image by template matching
+    (``estimated``); the clean image gets the same pixels filled. Images the lock skipped are
+    left as they are by both inpaintings. Crop to the lungs, resize and back, and the JPEG round
+    trip are applied image by image (``attacks_cfg``: ``crop_box``, ``resize``,
+    ``jpeg_quality``)."""
+    if clean.shape != locked.shape or len(params) != len(clean):
+        raise ValueError(
+            f"clean {clean.shape}, locked {locked.shape} and {len(params)} parameter rows differ"
+        )
+    res = clean.shape[1]
+    known = (clean.copy(), locked.copy())
+    est = (clean.copy(), locked.copy())
+    for k, (_iid, p) in enumerate(params.iterrows()):
+        if p["status"] != "locked":
+            continue
+        _, mask = logo.scaled(max(int(p["logo_h"]), int(p["logo_w"])))
+        m = mask.numpy()
+        at_known = mx.logo_pixels((res, res), m, int(p["u"]), int(p["v"]))
+        eu, ev = mx.estimate_footprint(locked[k], m)
+        at_est = mx.logo_pixels((res, res), m, eu, ev)
+        for out, px in ((known, at_known), (est, at_est)):
+            out[0][k] = mx.inpaint(clean[k], px)
+            out[1][k] = mx.inpaint(locked[k], px)
+
+    def each(fn: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return np.stack([fn(x) for x in clean]), np.stack([fn(x) for x in locked])
+
+    ac = attacks_cfg
+    return {
+        NO_ATTACK: (clean, locked),
+        "inpaint, footprint known": known,
+        "inpaint, footprint estimated": est,
+        "crop to lungs": each(lambda x: mx.crop_resize(x, tuple(ac["crop_box"]))),
+        f"resize x{ac['resize']}": each(lambda x: mx.down_up(x, ac["resize"])),
+        f"JPEG q{ac['jpeg_quality']}": each(lambda x: mx.jpeg(x, ac["jpeg_quality"])),
+    }
+
+
+def attack_rows(
+    models: list[str],
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    y: np.ndarray,
+    predict: Callable[[str, np.ndarray], np.ndarray],
+) -> list[dict[str, Any]]:
+    """One row per (attack, model): accuracy/AUROC on the clean images (``*_clean``), on the
+    clean images under the attack's transform (``*_clean_attacked``), on the locked images
+    (``*_before``) and on the locked images under the transform (``accuracy``, ``auroc``).
+    ``predict(model, images)`` returns class probabilities ``(N, 2)``."""
+    rows = []
+    for name in models:
+        clean, locked = pairs[NO_ATTACK]
+        c0 = classification_metrics(predict(name, clean), y)
+        l0 = classification_metrics(predict(name, locked), y)
+        for attack, (clean_t, locked_t) in pairs.items():
+            if attack == NO_ATTACK:
+                ct, lt = c0, l0
+            else:
+                ct = classification_metrics(predict(name, clean_t), y)
+                lt = classification_metrics(predict(name, locked_t), y)
+            rows.append(
+                {
+                    "attack": attack,
+                    "model": name,
+                    "accuracy_clean": c0["accuracy"],
+                    "auroc_clean": c0["auroc"],
+                    "accuracy_clean_attacked": ct["accuracy"],
+                    "auroc_clean_attacked": ct["auroc"],
+                    "accuracy_before": l0["accuracy"],
+                    "auroc_before": l0["auroc"],
+                    "accuracy": lt["accuracy"],
+                    "auroc": lt["auroc"],
+                    "n": len(y),
+                }
+            )
+    return rows
+
+
+def _metrics(
+    net: torch.nn.Module, imgs: np.ndarray, y: np.ndarray, dev: torch.device, r: int
+) -> dict[str, float]:
+    return classification_metrics(predict_proba(net, imgs, device=dev, input_resolution=r), y)
 
 
 def finetune_attack(
@@ -549,8 +616,9 @@ def finetune_attack(
     seed: int,
     dev: torch.device,
 ) -> list[dict[str, Any]]:
-    """Fine-tune each model on half of the locked images with their labels; accuracy on the
-    other half's locked (and clean) images before and after."""
+    """Fine-tune each model on half of the locked images with their labels; accuracy/AUROC on
+    the other half's locked and clean images, before and after (the clean column after is the
+    tuned model on the clean held-out images)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))
     tr, te = order[: len(y) // 2], order[len(y) // 2 :]
@@ -561,8 +629,8 @@ def finetune_attack(
     out = []
     for name, net in nets.items():
         r = input_resolutions[name]
-        before = _acc(net, locked[te], y[te], dev, r)
-        clean_before = _acc(net, clean[te], y[te], dev, r)
+        before = _metrics(net, locked[te], y[te], dev, r)
+        clean_before = _metrics(net, clean[te], y[te], dev, r)
         tuned = load_classifier_copy(net)
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
@@ -575,13 +643,20 @@ def finetune_attack(
                 last_path=Path(d) / "last.pt",
                 input_resolution=r,
             )
+        clean_after = _metrics(tuned, clean[te], y[te], dev, r)
+        after = _metrics(tuned, locked[te], y[te], dev, r)
         out.append(
             {
                 "attack": f"fine-tune on {len(tr)} locked images ({cfg.epochs} ep), held-out half",
                 "model": name,
-                "accuracy_clean": clean_before,
-                "accuracy_before": before,
-                "accuracy": _acc(tuned, locked[te], y[te], dev, r),
+                "accuracy_clean": clean_before["accuracy"],
+                "auroc_clean": clean_before["auroc"],
+                "accuracy_clean_attacked": clean_after["accuracy"],
+                "auroc_clean_attacked": clean_after["auroc"],
+                "accuracy_before": before["accuracy"],
+                "auroc_before": before["auroc"],
+                "accuracy": after["accuracy"],
+                "auroc": after["auroc"],
                 "n": len(te),
                 "seconds": time.perf_counter() - t0,
             }
@@ -596,21 +671,39 @@ def load_classifier_copy(net: torch.nn.Module) -> torch.nn.Module:
 
 
 def attacks_markdown(df: pd.DataFrame) -> str:
+    """Accuracy, then AUROC: per attack and model, the clean images and the locked images, each
+    without and with the attack's transform (fine-tuning: before and after, held-out half)."""
     lines = [
-        "# Attacks on the MedLocker lock: accuracy on locked images after each attack",
+        "# Attacks on the MedLocker lock",
         "",
-        "| attack | model | clean | locked (before) | after attack |",
-        "|---|---|---|---|---|",
+        "Each transform is applied to the clean images too: *clean, attacked* is what the "
+        "transform alone costs the model; the lock is undone where *locked, attacked* comes back "
+        "to *clean, attacked*, not where it rises above *locked*. Fine-tuning: the model before "
+        "and after tuning on the other half of the locked images, on the held-out half.",
     ]
-    base = df[df["attack"] == "none (locked)"].set_index("model")["accuracy"]
-    for r in df.itertuples(index=False):
-        before = getattr(r, "accuracy_before", math.nan)
-        if not isinstance(before, float) or math.isnan(before):
-            before = base.get(r.model, math.nan)
-        lines.append(
-            f"| {r.attack} | {r.model} | {r.accuracy_clean:.3f} | {before:.3f} | {r.accuracy:.3f} |"
-        )
+    for metric in ("accuracy", "auroc"):
+        lines += [
+            "",
+            f"{metric}:",
+            "",
+            "| attack | model | clean | clean, attacked | locked | locked, attacked |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in df.to_dict("records"):
+            cells = [
+                r.get(f"{metric}_clean"),
+                r.get(f"{metric}_clean_attacked"),
+                r.get(f"{metric}_before"),
+                r.get(metric),
+            ]
+            lines.append(
+                f"| {r['attack']} | {r['model']} | " + " | ".join(map(_cell, cells)) + " |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.3f}"
 
 
 # --------------------------------------------------------------------------- examples
