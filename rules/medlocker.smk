@@ -1,5 +1,7 @@
 # MedLocker (docs/methods/medlocker.md): an optimised visible logo that stops unauthorised
-# diagnosis, with a signed certificate and authorised removal. `snakemake medlocker` (not in
+# diagnosis, with a signed certificate and authorised removal; registered as an inference-time
+# lock (src/medmark/methods/registry.py, LOCKS) and released by the generic lock writer
+# (src/medmark/methods/lock.py). `snakemake medlocker` (not in
 # `all`): lock the configured split against each source model, evaluate clean vs locked on the
 # surrogate and every clean Ind-M suspect (the source x target matrix), attack the lock, draw
 # examples. Reuses the ingest/preprocess outputs, the surrogate and the Ind-M suspects.
@@ -24,15 +26,7 @@ rule medlocker_lock:
     input:
         unpack(medlocker_lock_inputs),
     output:
-        locked="results/medlocker/{ml_source}/release/locked.h5",
-        certificate="results/medlocker/{ml_source}/release/certificate.json",
-        public_key="results/medlocker/{ml_source}/release/public_key.pem",
-        random="results/medlocker/{ml_source}/owner/random.h5",
-        params="results/medlocker/{ml_source}/owner/params.csv",
-        queries="results/medlocker/{ml_source}/owner/queries.csv",
-        signing_key="results/medlocker/{ml_source}/owner/signing_key.pem",
-        restore_key="results/medlocker/{ml_source}/owner/restore_key.hex",
-        restore=directory("results/medlocker/{ml_source}/owner/restore"),
+        **medlocker_lock_outputs(),
     log:
         logf("medlocker/{ml_source}/lock"),
     benchmark:
@@ -46,12 +40,15 @@ rule medlocker_lock:
         gpu=1,
         cpus_per_gpu=2,
     params:
+        lock=ML_LOCK,
         source_id=lambda wc: wc.ml_source,
         input_resolution=lambda wc: medlocker_model(wc.ml_source)[1],
         cfg=ML,
         task=config["task"],
+        image_tree=config["release"]["image_tree"],
         code=script_code("medlocker_lock"),
         device=config["device"],
+        release_dir="results/medlocker/{ml_source}/release",
         owner_dir="results/medlocker/{ml_source}/owner",
     script:
         "../scripts/medlocker_lock.py"

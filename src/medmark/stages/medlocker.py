@@ -1,5 +1,6 @@
 """MedLocker stages (Pu, Wei, Zhao, Fu, arXiv 2303.09858; docs/methods/medlocker.md): lock a split
-against a source model, evaluate clean vs locked (white-box and transfer matrix, optimised vs
+against a source model (the registered lock, :class:`medmark.methods.medlocker.method.MedLocker`,
+through :func:`medmark.methods.lock.write_locked_release`), evaluate clean vs locked (white-box and transfer matrix, optimised vs
 random placement), attack the lock, and draw examples.
 
 Every stage reads the preprocessed HDF5 (``results/prep``), the ingest's ``boxes.csv`` and
@@ -21,103 +22,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-import medmark
-from medmark.data.h5 import H5ImageWriter, read_images, read_table
-from medmark.data.labels import IGNORE, OBSERVATIONS, task_labels
+from medmark.data.h5 import read_images, read_table
+from medmark.data.labels import OBSERVATIONS, task_labels
 from medmark.evaluation import classification_metrics
 from medmark.io import atomic_path, write_json_atomic, write_text_atomic
-from medmark.methods.medlocker import certificate as certs
+from medmark.methods.lock import write_locked_release
 from medmark.methods.medlocker import metrics as mx
-from medmark.methods.medlocker import restore
 from medmark.methods.medlocker.logo import Logo, load_logo
-from medmark.methods.medlocker.optimize import OptimConfig, optimise, random_placement
-from medmark.methods.medlocker.placement import (
-    anatomy_boxes,
-    boxes_in_pixels,
-    footprint_overlap,
-    forbidden_map,
-    placement,
-    saliency_boxes,
-)
-from medmark.methods.medlocker.render import render_u8
-from medmark.models import Classifier, load_classifier
+from medmark.methods.medlocker.method import BOX_MODES, lesion_boxes
+from medmark.methods.medlocker.placement import boxes_in_pixels, footprint_overlap, forbidden_map
+from medmark.methods.registry import lock_class
+from medmark.models import load_classifier
 from medmark.runtime import resolve_device, seed_everything, set_threads
-from medmark.train import TrainConfig, predict_proba, resize_batch, train_classifier
+from medmark.train import TrainConfig, predict_proba, train_classifier
+
+__all__ = ["BOX_MODES", "lesion_boxes"]  # re-exported: they live in methods/medlocker/method.py
 
 log = logging.getLogger(__name__)
-
-BOX_MODES = ("lesion", "saliency", "anatomy", "none")
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def select_rows(
-    prep_h5: str | Path, task: Mapping[str, Any], split: str, max_images: int | None, seed: int
-) -> pd.DataFrame:
-    """Rows of ``split`` with a task label, at most ``max_images`` (seeded choice), by HDF5 row."""
-    table = read_table(prep_h5)
-    y = task_labels(
-        table[list(OBSERVATIONS)].to_numpy(), task["target_observation"], task["uncertainty"]
-    )
-    table = table.assign(y=y)
-    keep = table[(table["split"] == split) & (table["y"] != IGNORE)]
-    if keep.empty:
-        raise ValueError(f"{prep_h5}: no labelled rows in split {split!r}")
-    if max_images is not None and len(keep) > max_images:
-        pick = np.random.default_rng(seed).choice(len(keep), size=max_images, replace=False)
-        keep = keep.iloc[np.sort(pick)]
-    return keep.reset_index(drop=True)
-
-
-def lesion_boxes(
-    mode: str,
-    ids: list[str],
-    rows: np.ndarray,
-    resolution: int,
-    *,
-    boxes_csv: str | Path | None,
-    metadata_csv: str | Path | None,
-    saliency_h5: str | Path | None = None,
-    top_frac: float = 0.1,
-) -> dict[str, np.ndarray]:
-    """Forbidden boxes ``(k, 4)`` per image id at ``resolution`` under ``medlocker.boxes``."""
-    if mode not in BOX_MODES:
-        raise ValueError(f"medlocker.boxes must be one of {BOX_MODES}, got {mode!r}")
-    empty = np.zeros((0, 4))
-    if mode == "none":
-        return {i: empty for i in ids}
-    if mode == "anatomy":
-        return {i: anatomy_boxes(resolution) for i in ids}
-    if mode == "lesion":
-        if boxes_csv is None or metadata_csv is None:
-            raise ValueError("medlocker.boxes 'lesion' needs boxes.csv and metadata.csv")
-        by_id = boxes_in_pixels(pd.read_csv(boxes_csv), pd.read_csv(metadata_csv), resolution)
-        return {i: by_id.get(i, empty) for i in ids}
-    if saliency_h5 is None:
-        raise ValueError("medlocker.boxes 'saliency' needs the saliency maps")
-    import h5py
-
-    with h5py.File(saliency_h5, "r") as f:
-        maps = f["maps"][np.sort(rows)]
-        order = np.argsort(np.argsort(rows))
-        maps = maps[order]
-    return {i: saliency_boxes(m, top_frac) for i, m in zip(ids, maps, strict=True)}
-
-
-def _model_fn(model: Classifier, input_resolution: int):
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return model(resize_batch(x, input_resolution))
-
-    return fn
-
-
-def _write_h5(path: Path, table: pd.DataFrame, images: np.ndarray, attrs: dict[str, Any]) -> None:
-    with H5ImageWriter(path, len(table), images.shape[1], attrs=attrs) as w:
-        labels = table[list(OBSERVATIONS)].to_numpy(np.float32)
-        for k, row in enumerate(table.itertuples(index=False)):
-            w.append(images[k], row.image_id, row.patient, row.split, labels[k])
-        w.close()
 
 
 # --------------------------------------------------------------------------- lock
@@ -125,183 +46,52 @@ def _write_h5(path: Path, table: pd.DataFrame, images: np.ndarray, attrs: dict[s
 
 def lock_stage(
     *,
-    prep_h5: str | Path,
-    boxes_csv: str | Path,
-    metadata_csv: str | Path,
-    saliency_h5: str | Path | None,
-    source_model: str | Path,
-    source_id: str,
-    input_resolution: int,
-    logo_path: str | Path,
+    lock: str,
+    inputs: Mapping[str, Any],
     task: Mapping[str, Any],
     cfg: Mapping[str, Any],
-    code: str,
+    image_tree: bool,
     device: str,
     threads: int,
-    out_locked: str | Path,
-    out_random: str | Path,
-    out_params: str | Path,
-    out_queries: str | Path,
-    out_certificate: str | Path,
-    out_public_key: str | Path,
+    release_dir: str | Path,
     owner_dir: str | Path,
-) -> pd.DataFrame:
-    """Lock ``medlocker.split`` against ``source_model``: optimised and random-placement images,
-    per-image θ and query log, the signed certificate and the restore packages."""
+) -> dict[str, Any]:
+    """Lock ``cfg["split"]`` with the registered inference-time lock ``lock``
+    (:func:`medmark.methods.registry.lock_class`) and write its release and the owner's secret
+    (:func:`medmark.methods.lock.write_locked_release`). ``inputs``: the lock rule's files
+    (``prep``, ``metadata``, ...) and the lock's own keys (MedLocker: ``source_id``,
+    ``input_resolution``, ``code``). Returns ``owner.json``."""
     set_threads(threads)
-    seed = int(cfg["seed"])
-    seed_everything(seed)
+    seed_everything(int(cfg["seed"]))
     dev = resolve_device(device)
-    ocfg = OptimConfig.from_dict(cfg["optimizer"])
-    table = select_rows(prep_h5, task, cfg["split"], cfg["max_images"], seed)
-    rows = table["row"].to_numpy()
-    images = read_images(prep_h5, rows)
-    res = images.shape[1]
-    boxes = lesion_boxes(
-        cfg["boxes"],
-        table["image_id"].tolist(),
-        rows,
-        res,
-        boxes_csv=boxes_csv,
-        metadata_csv=metadata_csv,
-        saliency_h5=saliency_h5,
-        top_frac=cfg["saliency_top_frac"],
+    wl = lock_class(lock)(cfg)
+    table = read_table(inputs["prep"])
+    y = task_labels(
+        table[list(OBSERVATIONS)].to_numpy(), task["target_observation"], task["uncertainty"]
     )
-    logo = load_logo(logo_path)
-    side = max(1, round(cfg["logo_scale"] * res))
-    scaled = [logo.scaled(max(1, round(side * s))) for s in (1.0, *cfg["fallback_scales"])]
-    sizes = [tuple(m.shape) for _, m in scaled]
-    model = load_classifier(source_model).to(dev)
-    fn = _model_fn(model, input_resolution)
-    locked, rand = images.copy(), images.copy()
-    out_rows, qlog, packages = [], [], []
-    key, signer = restore.new_key(), certs.new_signing_key()
-    for k, r in enumerate(table.itertuples(index=False)):
-        forb = forbidden_map(boxes[r.image_id], (res, res), float(cfg["box_margin"]))
-        where = placement(forb, sizes)
-        base = {"image_id": r.image_id, "row": int(r.row), "y": int(r.y)}
-        if where is None:
-            if cfg["on_infeasible"] == "error":
-                raise ValueError(f"{r.image_id}: no lesion-free position for any logo size {sizes}")
-            log.warning("%s: no lesion-free position for any logo size: skipped", r.image_id)
-            out_rows.append(base | {"status": "skipped"})
-            continue
-        feasible, size_i = where
-        value, mask = scaled[size_i]
-        rng = np.random.default_rng([seed, int(r.row)])
-        result = optimise(fn, images[k], int(r.y), (value, mask), feasible, ocfg, rng, dev)
-        locked[k] = render_u8(images[k], value, mask, [result.alpha], [result.u], [result.v])[0]
-        ru, rv = random_placement(feasible, 1, rng)
-        rand[k] = render_u8(images[k], value, mask, [result.alpha], ru, rv)[0]
-        h, w = sizes[size_i]
-        qlog += [
-            {
-                "image_id": r.image_id,
-                "batch": b,
-                "queries": ocfg.population * (b + 1),
-                "best_margin": m,
-            }
-            for b, m in enumerate(result.history)
-        ]
-        out_rows.append(
-            base
-            | result.as_row()
-            | {
-                "status": "locked",
-                "logo_h": h,
-                "logo_w": w,
-                "scale": cfg["logo_scale"] * (1.0, *cfg["fallback_scales"])[size_i],
-                "random_u": int(ru[0]),
-                "random_v": int(rv[0]),
-                "forbidden_overlap": footprint_overlap(forb, result.u, result.v, h, w),
-                "random_forbidden_overlap": footprint_overlap(forb, int(ru[0]), int(rv[0]), h, w),
-            }
-        )
-        theta = {"alpha": result.alpha, "u": result.u, "v": result.v, "logo_h": h, "logo_w": w}
-        packages.append(
-            (
-                r.image_id,
-                restore.make_package(
-                    key, r.image_id, images[k], locked[k], theta, (result.u, result.v, h, w)
-                ),
-            )
-        )
-        log.info(
-            "%s: alpha %.3f (u, v) (%d, %d) margin %.3f queries %d %.2f s%s",
-            r.image_id,
-            result.alpha,
-            result.u,
-            result.v,
-            result.margin,
-            result.queries,
-            result.seconds,
-            " flipped" if result.success else "",
-        )
-    params = pd.DataFrame(out_rows)
-    meta = {
-        "method": "medlocker",
-        "source": source_id,
-        "source_sha256": _sha(source_model),
-        "resolution": res,
-        "logo_sha256": logo.sha256,
-        "code_version": f"medmark {medmark.__version__} code {code[:16]}",
-        "boxes": cfg["boxes"],
-        "box_margin": cfg["box_margin"],
-    }
-    records = [
-        {
-            "image_id": p["image_id"],
-            "original_sha256": certs.image_sha256(images[k]),
-            "locked_sha256": certs.image_sha256(locked[k]),
-            "logo_sha256": logo.sha256,
-            "logo_h": p["logo_h"],
-            "logo_w": p["logo_w"],
-            "scale": p["scale"],
-            "alpha": p["alpha"],
-            "u": p["u"],
-            "v": p["v"],
-            "surrogate": source_id,
-            "seed": seed,
-            "code_version": meta["code_version"],
-        }
-        for k, p in enumerate(out_rows)
-        if p["status"] == "locked"
-    ]
-    owner = Path(owner_dir)
-    restore_dir = owner / "restore"
-    restore_dir.mkdir(parents=True, exist_ok=True)
-    for iid, blob in packages:
-        restore.write_package(restore_dir, iid, blob)
-    restore.write_key(owner / "restore_key.hex", key)
-    certs.write_private_key(owner / "signing_key.pem", signer)
-    certs.write_public_key(out_public_key, signer.public_key())
-    certs.write_certificate(out_certificate, certs.sign(meta, records, signer))
-    attrs = {"medlocker_source": source_id, "created_by": f"medmark {medmark.__version__}"}
-    _write_h5(Path(out_locked), table, locked, attrs | {"medlocker_placement": "optimised"})
-    _write_h5(Path(out_random), table, rand, attrs | {"medlocker_placement": "random"})
-    with atomic_path(out_queries) as tmp:
-        pd.DataFrame(qlog, columns=["image_id", "batch", "queries", "best_margin"]).to_csv(
-            tmp, index=False
-        )
-    with atomic_path(out_params) as tmp:
-        params.to_csv(tmp, index=False)
+    rows = wl.select(table.assign(y=y))
+    wl.prepare(inputs, dev, rows)
+    owner = write_locked_release(
+        inputs["prep"],
+        release_dir,
+        owner_dir,
+        lock=wl,
+        table=rows,
+        image_tree=image_tree,
+        metadata_csv=inputs.get("metadata"),
+    )
+    params = pd.read_csv(Path(owner_dir) / "params.csv")
     done = params[params["status"] == "locked"]
     log.info(
         "locked %d/%d images against %s: %d flipped, %.0f queries and %.2f s per image",
         len(done),
         len(params),
-        source_id,
-        int(done["success"].sum()),
-        done["queries"].mean(),
-        done["seconds"].mean(),
+        owner.get("source"),
+        int(done["success"].sum()) if len(done) else 0,
+        done["queries"].mean() if len(done) else math.nan,
+        done["seconds"].mean() if len(done) else math.nan,
     )
-    return params
-
-
-def _sha(path: str | Path) -> str:
-    from medmark.io import sha256_file
-
-    return sha256_file(path)
+    return owner
 
 
 # --------------------------------------------------------------------------- evaluate
