@@ -161,3 +161,41 @@ rule medlocker:
         "results/medlocker/report/matrix.md",
         "results/medlocker/report/attacks.md",
         "results/medlocker/report/examples.png",
+
+
+# X-Mark's and MedLocker's report sections side by side (README "MedLocker"): the
+# `report_medlocker` target builds both (`all`'s X-Mark report and the `medlocker` target, which
+# is not in `all`), so `snakemake report_medlocker --report results/report_medlocker.html` holds
+# both, grouped by method on the "Methods" page.
+rule report_methods:
+    input:
+        xmark_verification_md="results/main/report/verification.md",
+        xmark_verification_csv="results/main/report/verification.csv",
+        xmark_pvalues_png="results/main/report/pvalues.png",
+        xmark_examples_png="results/main/report/examples.png",
+        xmark_diagnostics_md="results/main/report/diagnostics.md",
+        xmark_quality_md="results/report/xmark_quality.md",
+        medlocker_matrix_md="results/medlocker/report/matrix.md",
+        medlocker_matrix_csv="results/medlocker/report/matrix.csv",
+        medlocker_attacks_md="results/medlocker/report/attacks.md",
+        medlocker_examples_png="results/medlocker/report/examples.png",
+    output:
+        md=report(
+            "results/report/methods.md",
+            caption="../report/methods.rst",
+            category="Methods",
+            labels={"what": "X-Mark and MedLocker side by side"},
+        ),
+    log:
+        logf("report/methods"),
+    conda:
+        conda_env()
+    script:
+        "../scripts/report_methods.py"
+
+
+rule report_medlocker:
+    input:
+        rules.report_all.input,
+        rules.medlocker.input,
+        "results/report/methods.md",
