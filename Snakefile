@@ -42,6 +42,8 @@ localrules:
     medlocker,
     medlocker_default_logo,
     medlocker_examples,
+    report_methods,
+    report_medlocker,
     report_comparison,
     baselines,
 

@@ -97,7 +97,9 @@ wildcard_constraints:
     method="|".join(METHODS),
     wm=WM_REGEX,
     key=r"\d+",
-    variant=r"[A-Za-z0-9_]+",
+    # not a lock's results directory (results/medlocker/report/... is no variant's report)
+    variant=r"(?!(?:%s)\b)[A-Za-z0-9_]+"
+    % "|".join(e.results for e in METHOD_REGISTRY.LOCKS.values()),
     attack=ATTACK_REGEX,
 
 
@@ -190,6 +192,13 @@ def check_methods():
     """Every configured method is registered (the schema cannot see the registry)."""
     for name, c in VARIANT_CONFIGS.items():
         unknown = sorted(set(c["methods"]) - set(METHODS))
+        locks = sorted(set(unknown) & set(METHOD_REGISTRY.LOCKS))
+        if locks:
+            raise ValueError(
+                f"variant {name!r}: {locks} are inference-time locks, not watermarks "
+                f"(src/medmark/methods/registry.py, LOCKS): run their own target, e.g. "
+                f"`snakemake medlocker`, not `methods:`"
+            )
         if unknown:
             raise ValueError(
                 f"variant {name!r}: methods {unknown} are not registered in "
@@ -624,7 +633,10 @@ def sweep_values(sweep):
 # MedLocker (docs/methods/medlocker.md): lock against a source model, evaluate on the surrogate and
 # every clean Ind-M suspect, attacks, examples.
 
-ML = config["medlocker"]
+# The inference-time lock these rules run (src/medmark/methods/registry.py, LOCKS).
+ML_LOCK = "medlocker"
+ML_ENTRY = METHOD_REGISTRY.LOCKS[ML_LOCK]
+ML = config[ML_ENTRY.config]
 ML_RES = suspect_data_res(
     config
 )  # the images the Ind-M suspects train on and are queried with
@@ -663,6 +675,29 @@ def medlocker_lock(source):
         "params": f"{base}/owner/params.csv",
         "model": medlocker_model(source)[0],
     }
+
+
+def medlocker_lock_outputs():
+    """The lock's release (what ships: the locked HDF5, the CheXpert tree when
+    ``release.image_tree``, certificate and public key) and the owner's directory beside it
+    (src/medmark/methods/lock.py, ``write_locked_release``)."""
+    rel = f"results/{ML_ENTRY.results}/{{ml_source}}/release"
+    own = f"results/{ML_ENTRY.results}/{{ml_source}}/owner"
+    out = {
+        "locked": f"{rel}/locked.h5",
+        "certificate": f"{rel}/certificate.json",
+        "public_key": f"{rel}/public_key.pem",
+        "owner": f"{own}/owner.json",
+        "random": f"{own}/random.h5",
+        "params": f"{own}/params.csv",
+        "queries": f"{own}/queries.csv",
+        "signing_key": f"{own}/signing_key.pem",
+        "restore_key": f"{own}/restore_key.hex",
+        "restore": directory(f"{own}/restore"),
+    }
+    if config["release"]["image_tree"]:
+        out["tree"] = directory(f"{rel}/CheXpert-v1.0-small-{ML_LOCK}")
+    return out
 
 
 def medlocker_lock_inputs(wc):

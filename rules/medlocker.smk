@@ -1,5 +1,7 @@
 # MedLocker (docs/methods/medlocker.md): an optimised visible logo that stops unauthorised
-# diagnosis, with a signed certificate and authorised removal. `snakemake medlocker` (not in
+# diagnosis, with a signed certificate and authorised removal; registered as an inference-time
+# lock (src/medmark/methods/registry.py, LOCKS) and released by the generic lock writer
+# (src/medmark/methods/lock.py). `snakemake medlocker` (not in
 # `all`): lock the configured split against each source model, evaluate clean vs locked on the
 # surrogate and every clean Ind-M suspect (the source x target matrix), attack the lock, draw
 # examples. Reuses the ingest/preprocess outputs, the surrogate and the Ind-M suspects.
@@ -24,15 +26,7 @@ rule medlocker_lock:
     input:
         unpack(medlocker_lock_inputs),
     output:
-        locked="results/medlocker/{ml_source}/release/locked.h5",
-        certificate="results/medlocker/{ml_source}/release/certificate.json",
-        public_key="results/medlocker/{ml_source}/release/public_key.pem",
-        random="results/medlocker/{ml_source}/owner/random.h5",
-        params="results/medlocker/{ml_source}/owner/params.csv",
-        queries="results/medlocker/{ml_source}/owner/queries.csv",
-        signing_key="results/medlocker/{ml_source}/owner/signing_key.pem",
-        restore_key="results/medlocker/{ml_source}/owner/restore_key.hex",
-        restore=directory("results/medlocker/{ml_source}/owner/restore"),
+        **medlocker_lock_outputs(),
     log:
         logf("medlocker/{ml_source}/lock"),
     benchmark:
@@ -46,12 +40,15 @@ rule medlocker_lock:
         gpu=1,
         cpus_per_gpu=2,
     params:
+        lock=ML_LOCK,
         source_id=lambda wc: wc.ml_source,
         input_resolution=lambda wc: medlocker_model(wc.ml_source)[1],
         cfg=ML,
         task=config["task"],
+        image_tree=config["release"]["image_tree"],
         code=script_code("medlocker_lock"),
         device=config["device"],
+        release_dir="results/medlocker/{ml_source}/release",
         owner_dir="results/medlocker/{ml_source}/owner",
     script:
         "../scripts/medlocker_lock.py"
@@ -164,3 +161,41 @@ rule medlocker:
         "results/medlocker/report/matrix.md",
         "results/medlocker/report/attacks.md",
         "results/medlocker/report/examples.png",
+
+
+# X-Mark's and MedLocker's report sections side by side (README "MedLocker"): the
+# `report_medlocker` target builds both (`all`'s X-Mark report and the `medlocker` target, which
+# is not in `all`), so `snakemake report_medlocker --report results/report_medlocker.html` holds
+# both, grouped by method on the "Methods" page.
+rule report_methods:
+    input:
+        xmark_verification_md="results/main/report/verification.md",
+        xmark_verification_csv="results/main/report/verification.csv",
+        xmark_pvalues_png="results/main/report/pvalues.png",
+        xmark_examples_png="results/main/report/examples.png",
+        xmark_diagnostics_md="results/main/report/diagnostics.md",
+        xmark_quality_md="results/report/xmark_quality.md",
+        medlocker_matrix_md="results/medlocker/report/matrix.md",
+        medlocker_matrix_csv="results/medlocker/report/matrix.csv",
+        medlocker_attacks_md="results/medlocker/report/attacks.md",
+        medlocker_examples_png="results/medlocker/report/examples.png",
+    output:
+        md=report(
+            "results/report/methods.md",
+            caption="../report/methods.rst",
+            category="Methods",
+            labels={"what": "X-Mark and MedLocker side by side"},
+        ),
+    log:
+        logf("report/methods"),
+    conda:
+        conda_env()
+    script:
+        "../scripts/report_methods.py"
+
+
+rule report_medlocker:
+    input:
+        rules.report_all.input,
+        rules.medlocker.input,
+        "results/report/methods.md",

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from medmark.cli import main
 from medmark.data.h5 import H5ImageWriter, read_images, read_table
@@ -45,9 +46,13 @@ def locked_run(tmp_path_factory):
             labels[OBSERVATIONS.index("Pleural Effusion")] = float(i % 2)
             w.append(rng.integers(0, 255, (R, R), dtype=np.uint8), iid, iid[:12], "test", labels)
         w.close()
-    pd.DataFrame({"image_id": ids, "width": 64, "height": 128}).to_csv(
-        d / "metadata.csv", index=False
+    meta = pd.DataFrame(
+        {"image_id": ids, "width": 64, "height": 128, "sex": "Female", "age": "60"}
+        | {"view": "Frontal", "ap_pa": "PA"}
+        | {obs: "" for obs in OBSERVATIONS}
     )
+    meta["Pleural Effusion"] = [f"{float(i % 2):.1f}" for i in range(N)]
+    meta.to_csv(d / "metadata.csv", index=False)
     # image 0: a box over the whole image (infeasible -> skipped); image 1: a box on the left half
     pd.DataFrame(
         {
@@ -61,31 +66,35 @@ def locked_run(tmp_path_factory):
     ).to_csv(d / "boxes.csv", index=False)
     save_classifier(build_classifier("resnet18", seed=0), d / "model.pt")
     write_default_logo(d / "logo.png", side=32)
+    rel, own = d / "release", d / "owner"
     out = {
-        k: d / f"{k}"
-        for k in ("locked.h5", "random.h5", "params.csv", "queries.csv", "cert.json", "pub.pem")
+        "locked.h5": rel / "locked.h5",
+        "cert.json": rel / "certificate.json",
+        "pub.pem": rel / "public_key.pem",
+        "random.h5": own / "random.h5",
+        "params.csv": own / "params.csv",
+        "queries.csv": own / "queries.csv",
+        "owner.json": own / "owner.json",
     }
     st.lock_stage(
-        prep_h5=d / "prep.h5",
-        boxes_csv=d / "boxes.csv",
-        metadata_csv=d / "metadata.csv",
-        saliency_h5=None,
-        source_model=d / "model.pt",
-        source_id="surrogate",
-        input_resolution=R,
-        logo_path=d / "logo.png",
+        lock="medlocker",
+        inputs={
+            "prep": str(d / "prep.h5"),
+            "boxes": str(d / "boxes.csv"),
+            "metadata": str(d / "metadata.csv"),
+            "model": str(d / "model.pt"),
+            "logo": str(d / "logo.png"),
+            "source_id": "surrogate",
+            "input_resolution": R,
+            "code": "0" * 64,
+        },
         task=TASK,
         cfg=CFG,
-        code="0" * 64,
+        image_tree=True,
         device="cpu",
         threads=1,
-        out_locked=out["locked.h5"],
-        out_random=out["random.h5"],
-        out_params=out["params.csv"],
-        out_queries=out["queries.csv"],
-        out_certificate=out["cert.json"],
-        out_public_key=out["pub.pem"],
-        owner_dir=d / "owner",
+        release_dir=rel,
+        owner_dir=own,
     )
     return d, ids, out
 
@@ -108,6 +117,38 @@ def test_lock_stage_keeps_off_lesions_and_logs_queries(locked_run):
     assert not np.array_equal(prep[1], locked[1])
     q = pd.read_csv(out["queries.csv"])
     assert set(q["image_id"]) == set(ids[1:])
+
+
+def test_lock_release_follows_the_release_conventions(locked_run):
+    """The lock's release goes through the release writer (methods/lock.py): locked HDF5 and
+    CheXpert tree in release/, labels unchanged; the owner's secret outside it, owner.json last
+    naming the sha256 of what it lists."""
+    from medmark.io import sha256_file
+
+    d, ids, out = locked_run
+    rel, own = out["locked.h5"].parent, out["owner.json"].parent
+    tree = rel / "CheXpert-v1.0-small-medlocker"
+    csv = pd.read_csv(tree / "train.csv")
+    assert len(csv) == N and csv["Path"].str.startswith(f"{tree.name}/train/").all()
+    png = np.asarray(Image.open(rel / csv["Path"].iloc[1]))
+    assert np.array_equal(png, read_images(out["locked.h5"], [1])[0])
+    assert np.array_equal(
+        read_table(out["locked.h5"])[list(OBSERVATIONS)].to_numpy(np.float32),
+        read_table(d / "prep.h5")[list(OBSERVATIONS)].to_numpy(np.float32),
+        equal_nan=True,
+    )
+    shipped = {p.name for p in rel.iterdir()}
+    assert shipped == {"locked.h5", "certificate.json", "public_key.pem", tree.name}
+    owner = json.loads(out["owner.json"].read_text())
+    assert owner["family"] == "lock" and owner["verification_test"] == "certificate"
+    assert owner["skipped_ids"] == [ids[0]] and owner["locked_ids"] == ids[1:]
+    assert owner["release_sha256"] == sha256_file(out["locked.h5"])
+    assert owner["published"]["certificate"]["sha256"] == sha256_file(out["cert.json"])
+    for entry in (*owner["secret"].values(), owner["params"], *owner["owner_images"].values()):
+        if "file" in entry:
+            assert entry["sha256"] == sha256_file(own / entry["file"])
+    assert owner["secret"]["restore"]["n_packages"] == N - 1
+    assert not any(p.suffix in (".pem", ".hex") and "signing" in p.name for p in rel.rglob("*"))
 
 
 def test_evaluate_attacks_examples(locked_run, tmp_path):
@@ -153,6 +194,9 @@ def test_evaluate_attacks_examples(locked_run, tmp_path):
     )
     assert att["attack"].str.startswith("inpaint").sum() == 2
     assert att["attack"].str.startswith("fine-tune").sum() == 1
+    clean_cols = ["accuracy_clean_attacked", "auroc_clean_attacked"]
+    assert att["accuracy_clean_attacked"].notna().all() and set(clean_cols) <= set(att.columns)
+    assert "clean, attacked" in (tmp_path / "a.md").read_text()
     st.examples_stage(
         prep_h5=d / "prep.h5",
         lock=lock,
@@ -297,3 +341,47 @@ def test_unlock_cli_restores_bytes_and_refuses_bad_keys_and_packages(locked_run,
     short = tmp_path / "short.hex"
     short.write_text("11" * 8)
     assert main([*args, "--key", str(short), "--out", str(tmp_path / "s.h5")]) == 2
+
+
+def test_attack_table_clean_column_transforms_the_clean_images(tmp_path):
+    """The clean column of every transform is the model on the *clean* images under that
+    transform: a toy model right on every clean image and wrong on every locked one must read
+    1.0 there and 0.0 in the locked column, before and after each transform."""
+    n, r = 4, 16
+    y = np.array([0, 1, 0, 1])
+    clean = np.where(y[:, None, None] == 1, 200, 40).astype(np.uint8) * np.ones((n, r, r), np.uint8)
+    locked = (255 - clean).astype(np.uint8)  # inverted: the toy model is wrong on every image
+    params = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(n)],
+            "status": ["locked", "locked", "locked", "skipped"],
+            "u": 4,
+            "v": 4,
+            "logo_h": 8,
+            "logo_w": 8,
+        }
+    ).set_index("image_id")
+    write_default_logo(tmp_path / "logo.png", side=16)
+    pairs = st.attack_pairs(
+        clean,
+        locked,
+        params,
+        st.load_logo(tmp_path / "logo.png"),
+        {"crop_box": [0.1, 0.1, 0.9, 0.85], "resize": 0.5, "jpeg_quality": 50},
+    )
+    assert set(pairs) >= {st.NO_ATTACK, "crop to lungs", "resize x0.5", "JPEG q50"}
+    calls = []
+
+    def predict(model, imgs):
+        calls.append(imgs)
+        p1 = imgs.reshape(len(imgs), -1).mean(axis=1) / 255.0
+        return np.stack([1 - p1, p1], axis=1)
+
+    rows = pd.DataFrame(st.attack_rows(["toy"], pairs, y, predict))
+    assert len(rows) == len(pairs)
+    for col in ("accuracy_clean", "accuracy_clean_attacked", "auroc_clean_attacked"):
+        assert (rows[col] == 1.0).all(), (col, rows[["attack", col]])
+    for col in ("accuracy_before", "accuracy", "auroc"):
+        assert (rows[col] == 0.0).all(), (col, rows[["attack", col]])
+    md = st.attacks_markdown(rows)
+    assert "| crop to lungs | toy | 1.000 | 1.000 | 0.000 | 0.000 |" in md

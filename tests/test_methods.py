@@ -82,6 +82,28 @@ def test_registry_entries_match_their_classes() -> None:
         method_class("nonesuch")
 
 
+def test_lock_registry_entries_match_their_classes() -> None:
+    """Inference-time locks are a registry family of their own (methods/lock.py): each entry's
+    class is an InferenceLock, not a WatermarkMethod, with the entry's name and verification,
+    and its settings are keys of the entry's config section in config/schema.yaml."""
+    from medmark.methods.lock import InferenceLock
+    from medmark.methods.registry import LOCKS, family, lock_class
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]
+    assert LOCKS and not set(LOCKS) & set(METHODS)
+    for name, entry in LOCKS.items():
+        cls = lock_class(name)
+        assert issubclass(cls, InferenceLock) and not issubclass(cls, WatermarkMethod)
+        assert cls.name == name and cls.verification == entry.verification
+        assert set(cls.settings) <= set(props[entry.config]["properties"]), name
+        assert family(name) == "lock"
+        with pytest.raises(ValueError, match="inference-time lock"):
+            method_class(name)
+    assert {family(m) for m in METHODS} == {"watermark"}
+    with pytest.raises(ValueError, match="unknown inference-time lock"):
+        lock_class("xmark")
+
+
 @pytest.mark.parametrize("method", BASELINES)
 @pytest.mark.parametrize("res", [32, 64])
 def test_marks_stay_inside_the_stated_budget(method: str, res: int, surrogate: Path) -> None:

@@ -124,3 +124,62 @@ def test_comparison_has_one_row_per_method_with_its_own_rates(tmp_path):
     assert t.loc["badnets", "PSNR"] == 41.0 and abs(t.loc["xmark", "1-SSIM"] - 0.01) < 1e-12
     assert np.isnan(t.loc["xmark", "FPR_Ind-M"])  # no Ind-M models given
     assert "| xmark | clean |" in comparison_markdown(table, 0.01)
+
+
+def test_methods_page_puts_xmark_and_medlocker_side_by_side(tmp_path):
+    """One page, grouped by method: the at-a-glance table with both headlines, X-Mark's section
+    then MedLocker's, each embedding its own tables (headings demoted) and figures linked
+    relative to the page."""
+    from medmark.report import methods_markdown
+
+    main, ml, out = tmp_path / "main/report", tmp_path / "medlocker/report", tmp_path / "report"
+    for d in (main, ml, out):
+        d.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "method": "xmark",
+            "attack": "none",
+            "scenario": ["Malicious", "Malicious", "Ind-M", "Ind-M"],
+            "detected": [True, True, False, True],
+        }
+    ).to_csv(main / "verification.csv", index=False)
+    rows = [
+        ("surrogate", t, p, wb, a)
+        for t, wb, accs in (("surrogate", True, (0.9, 0.5, 0.88)), ("r18", False, (0.8, 0.7, 0.8)))
+        for p, a in zip(("clean", "optimised", "random"), accs, strict=True)
+    ]
+    pd.DataFrame(rows, columns=["source", "target", "placement", "white_box", "accuracy"]).to_csv(
+        ml / "matrix.csv", index=False
+    )
+    for path, text in (
+        (main / "verification.md", "# Verification\n\n| a |\n|---|\n| XV |\n"),
+        (main / "diagnostics.md", "# Diagnostics\nXD\n"),
+        (tmp_path / "report/xmark_quality.md", "| psnr |\n|---|\n| XQ |\n"),
+        (ml / "matrix.md", "# MedLocker: clean → locked\nMM\n"),
+        (ml / "attacks.md", "# Attacks on the MedLocker lock\nMA\n"),
+    ):
+        path.write_text(text)
+    md = methods_markdown(
+        out=out / "methods.md",
+        xmark={
+            "verification_md": main / "verification.md",
+            "verification_csv": main / "verification.csv",
+            "pvalues_png": main / "pvalues.png",
+            "examples_png": main / "examples.png",
+            "diagnostics_md": main / "diagnostics.md",
+            "quality_md": out / "xmark_quality.md",
+        },
+        medlocker={
+            "matrix_md": ml / "matrix.md",
+            "matrix_csv": ml / "matrix.csv",
+            "attacks_md": ml / "attacks.md",
+            "examples_png": ml / "examples.png",
+        },
+    )
+    assert md.index("## X-Mark") < md.index("XV") < md.index("XQ") < md.index("## MedLocker")
+    assert md.index("## MedLocker") < md.index("MM") < md.index("MA")
+    assert "### Verification" in md and "### Attacks on the MedLocker lock" in md
+    assert "](../main/report/examples.png)" in md and "](../medlocker/report/examples.png)" in md
+    assert "Malicious 1.00 (2 models), Ind-M 0.50 (2 models)" in md
+    assert "white-box (1 model): 0.900 → 0.500 (random placement 0.880)" in md
+    assert "transfer (1 model): 0.800 → 0.700" in md

@@ -228,6 +228,18 @@ def test_medlocker_target_plans_its_stages_and_stays_out_of_all(wf, dry_all):
     assert not any(rule.startswith("medlocker") for rule in _jobs(dry_all))
 
 
+@pytest.mark.snakemake
+def test_report_medlocker_plans_both_sections_and_stays_out_of_all(wf, dry_all):
+    """`report_medlocker` builds X-Mark's report (as `all` does) and the `medlocker` target,
+    then the page with both sections; neither that page nor MedLocker is part of `all`."""
+    out = run_snakemake(wf, "-n", "--cores", "2", "report_medlocker").stdout
+    jobs = _jobs(out)
+    for rule in ("report_methods", "medlocker_lock", "medlocker_attacks", "report_tables"):
+        assert jobs.get(rule) == 1, rule
+    assert "results/report/methods.md" in _planned_outputs(out)
+    assert "report_methods" not in _jobs(dry_all)
+
+
 #: Inputs every variant and method shares.
 SHARED_DIRS = ("data", "prep", "surrogate", "saliency", "clean_suspects")
 

@@ -461,3 +461,106 @@ def diagnostics_markdown(diag: dict) -> str:
         "suspect architecture (an Ind-M preview) and a short proxy trained on the release (a "
         "Malicious preview):\n\n" + markdown_table(resp)
     )
+
+
+# --------------------------------------------------------------------------- methods side by side
+
+
+def _demote(md: str, levels: int = 2) -> str:
+    """Markdown headings pushed ``levels`` down (an embedded table's title under a section)."""
+    return "\n".join(
+        "#" * levels + line if line.startswith("#") else line for line in md.strip().splitlines()
+    )
+
+
+def _rel(path: str | Path, out: str | Path) -> str:
+    import os
+
+    return Path(os.path.relpath(Path(path), Path(out).parent)).as_posix()
+
+
+def xmark_glance(verification_csv: str | Path) -> dict[str, str]:
+    """X-Mark's headline from the tidy verification CSV: rate of "detected" verdicts per
+    scenario (no attack), as read from each ``summary.json``."""
+    df = pd.read_csv(verification_csv)
+    if "method" in df.columns:
+        df = df[df["method"] == "xmark"]
+    if "attack" in df.columns:
+        df = df[df["attack"].fillna("none") == "none"]
+    rates = df.groupby("scenario")["detected"].agg(["mean", "size"])
+    order = [s for s in SCENARIO_ORDER if s in rates.index]
+    return {s: f"{rates.loc[s, 'mean']:.2f} ({int(rates.loc[s, 'size'])} models)" for s in order}
+
+
+def medlocker_glance(matrix_csv: str | Path) -> dict[str, str]:
+    """MedLocker's headline from the source × target matrix: accuracy clean → locked on the
+    white-box target(s) and the mean over the transfer targets, per source."""
+    df = pd.read_csv(matrix_csv)
+    out = {}
+    for source, g in df.groupby("source", sort=False):
+        for kind, sub in (("white-box", g[g["white_box"]]), ("transfer", g[~g["white_box"]])):
+            if sub.empty:
+                continue
+            acc = sub.groupby("placement")["accuracy"].mean()
+            n_t = sub["target"].nunique()
+            out[f"{source}, {kind} ({n_t} model{'s' if n_t > 1 else ''})"] = (
+                f"{acc['clean']:.3f} → {acc['optimised']:.3f} (random placement "
+                f"{acc['random']:.3f})"
+            )
+    return out
+
+
+def methods_markdown(
+    *,
+    out: str | Path,
+    xmark: dict[str, str | Path],
+    medlocker: dict[str, str | Path],
+) -> str:
+    """X-Mark's and MedLocker's report sections side by side in one Markdown page, grouped by
+    method: an at-a-glance table (what each method does, what ships, what backs it, the
+    headline measured here), then X-Mark's section (verification table, p-values, examples,
+    diagnostics, release quality) and MedLocker's (source × target matrix, attacks with their
+    clean baselines, examples). ``xmark`` / ``medlocker`` map the names used below to files;
+    figures are linked relative to ``out``."""
+    xg, mg = xmark_glance(xmark["verification_csv"]), medlocker_glance(medlocker["matrix_csv"])
+    lines = [
+        "# Methods side by side: X-Mark and MedLocker",
+        "",
+        "| | X-Mark (dataset watermark) | MedLocker (inference-time lock) |",
+        "|---|---|---|",
+        "| acts | after the fact: proves a suspect model was trained on the release | at "
+        "inference: models queried with the locked images mispredict |",
+        "| changes | a fraction of the release, imperceptibly, labels kept | every released "
+        "image, a visible logo off the lesions, labels kept |",
+        "| evidence | black-box paired test on the suspect (docs/methods/verification.md) | "
+        "signed certificate; owner's key restores the originals (docs/methods/medlocker.md) |",
+        "| measured | rate(detected) "
+        + ", ".join(f"{s} {v}" for s, v in xg.items())
+        + " | accuracy "
+        + "; ".join(f"{k}: {v}" for k, v in mg.items())
+        + " |",
+        "",
+        "## X-Mark",
+        "",
+        _demote(Path(xmark["verification_md"]).read_text()),
+        "",
+        f"![p-values per scenario]({_rel(xmark['pvalues_png'], out)})",
+        "",
+        f"![X-Mark release examples]({_rel(xmark['examples_png'], out)})",
+        "",
+        _demote(Path(xmark["diagnostics_md"]).read_text()),
+        "",
+        "### Release quality",
+        "",
+        _demote(Path(xmark["quality_md"]).read_text()),
+        "",
+        "## MedLocker",
+        "",
+        _demote(Path(medlocker["matrix_md"]).read_text()),
+        "",
+        _demote(Path(medlocker["attacks_md"]).read_text()),
+        "",
+        f"![MedLocker examples]({_rel(medlocker['examples_png'], out)})",
+        "",
+    ]
+    return "\n".join(lines)

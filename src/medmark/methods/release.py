@@ -24,6 +24,7 @@ import csv
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -201,6 +202,77 @@ def _tree_rows(metadata_csv: Path, ids: np.ndarray, labels14: np.ndarray) -> lis
     return out
 
 
+class ReleaseSink:
+    """What ships, row by row: ``out_h5`` (:class:`~medmark.data.h5.H5ImageWriter`) and, when
+    ``tree`` names a directory, the CheXpert-layout tree ``{tree}/train.csv`` +
+    ``{tree}/train/<image_id>.png`` (lossless PNG). Both are written under temporary names; on
+    leaving the ``with`` block the HDF5 is renamed into place, then the tree; on an exception
+    neither is. Every release writer (watermarks: :func:`write_release`; inference-time locks:
+    :func:`medmark.methods.lock.write_locked_release`) goes through it."""
+
+    def __init__(
+        self,
+        out_h5: Path,
+        n: int,
+        res: int,
+        attrs: Mapping[str, Any],
+        *,
+        tree: Path | None,
+        source: Path,
+        compression_level: int = 4,
+    ) -> None:
+        self.out_h5, self.tree, self.source = Path(out_h5), tree, source
+        self._args = (n, res, dict(attrs), compression_level)
+        self._stack = contextlib.ExitStack()
+        self._tree_tmp: Path | None = None
+        self._csv_rows: list[dict[str, str]] = []
+
+    def __enter__(self) -> ReleaseSink:
+        n, res, attrs, level = self._args
+        with contextlib.ExitStack() as stack:
+            # entered first, exited last: the tree is renamed into place after the HDF5 closed
+            if self.tree is not None:
+                self._tree_tmp = stack.enter_context(atomic_dir(self.tree))
+            self._writer = stack.enter_context(H5ImageWriter(self.out_h5, n, res, attrs, level))
+            self._stack = stack.pop_all()
+        return self
+
+    def append(
+        self,
+        image: np.ndarray,
+        image_id: str,
+        patient: str,
+        split: str,
+        labels14: np.ndarray,
+        tree_row: Mapping[str, str] | None = None,
+    ) -> None:
+        """One row; ``tree_row`` (the CheXpert ``train.csv`` fields but ``Path``) is required
+        when the sink writes a tree."""
+        self._writer.append(image, image_id, patient, split, labels14)
+        if self._tree_tmp is None or self.tree is None:
+            return
+        if tree_row is None:
+            raise ValueError(f"{self.tree}: a tree row is needed for {image_id!r}")
+        rel = _safe_relpath(image_id, self.source)
+        png = self._tree_tmp / "train" / f"{rel}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(png, format="PNG")
+        self._csv_rows.append({**tree_row, "Path": f"{self.tree.name}/train/{rel}.png"})
+
+    def __exit__(self, *exc: object) -> bool | None:
+        if exc[0] is None and self._tree_tmp is not None:
+            try:
+                with open(self._tree_tmp / "train.csv", "w", newline="") as fh:
+                    w = csv.DictWriter(fh, fieldnames=list(CHEXPERT_COLUMNS))
+                    w.writeheader()
+                    w.writerows(self._csv_rows)
+            except BaseException:
+                if not self._stack.__exit__(*sys.exc_info()):
+                    raise
+                return None
+        return self._stack.__exit__(*exc)
+
+
 # --------------------------------------------------------------------------- release
 
 
@@ -303,12 +375,16 @@ def write_release(
     patients, splits = table["patient"].to_numpy(), table["split"].to_numpy()
     tree_rows = _tree_rows(Path(str(metadata_csv)), ids, labels14) if image_tree else []
     col = OBSERVATIONS.index(target_observation)
-    with contextlib.ExitStack() as stack:
-        # entered first, exited last: the tree is renamed into place after the HDF5 closed
-        tree_tmp = stack.enter_context(atomic_dir(release_dir / tree)) if image_tree else None
-        writer = stack.enter_context(
-            H5ImageWriter(out_h5, len(table), res, attrs, compression_level)
-        )
+    sink = ReleaseSink(
+        out_h5,
+        len(table),
+        res,
+        attrs,
+        tree=release_dir / tree if image_tree else None,
+        source=prep_h5,
+        compression_level=compression_level,
+    )
+    with sink:
         for sl in _blocks(len(table), BLOCK):
             src_rows = rel_rows[sl]
             images = read_images(prep_h5, src_rows)
@@ -330,19 +406,12 @@ def write_release(
                 _tally(stats[name], check_marked(images[sel], marked, f"{out_h5} {name}"))
                 images[sel] = marked
             for k, i in enumerate(local.tolist()):
-                writer.append(images[k], ids[i], patients[i], splits[i], out_labels14[i])
-                if tree_tmp is not None:
-                    rel = _safe_relpath(ids[i], prep_h5)
-                    png = tree_tmp / "train" / f"{rel}.png"
-                    png.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(images[k]).save(png, format="PNG")
-                    tree_rows[i]["Path"] = f"{tree}/train/{rel}.png"
-                    tree_rows[i][target_observation] = _format_label(out_labels14[i, col])
-        if tree_tmp is not None:
-            with open(tree_tmp / "train.csv", "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(CHEXPERT_COLUMNS))
-                w.writeheader()
-                w.writerows(tree_rows)
+                tree_row = None
+                if image_tree:
+                    tree_row = tree_rows[i] | {
+                        target_observation: _format_label(out_labels14[i, col])
+                    }
+                sink.append(images[k], ids[i], patients[i], splits[i], out_labels14[i], tree_row)
     changed_label = np.flatnonzero(y_out != y)
     log.info(
         "release r%d (%s): %d rows, %d watermarked, %d labels changed (budget %s) -> %s",

@@ -1,5 +1,6 @@
 """MedLocker stages (Pu, Wei, Zhao, Fu, arXiv 2303.09858; docs/methods/medlocker.md): lock a split
-against a source model, evaluate clean vs locked (white-box and transfer matrix, optimised vs
+against a source model (the registered lock, :class:`medmark.methods.medlocker.method.MedLocker`,
+through :func:`medmark.methods.lock.write_locked_release`), evaluate clean vs locked (white-box and transfer matrix, optimised vs
 random placement), attack the lock, and draw examples.
 
 Every stage reads the preprocessed HDF5 (``results/prep``), the ingest's ``boxes.csv`` and
@@ -13,7 +14,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,103 +22,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-import medmark
-from medmark.data.h5 import H5ImageWriter, read_images, read_table
-from medmark.data.labels import IGNORE, OBSERVATIONS, task_labels
+from medmark.data.h5 import read_images, read_table
+from medmark.data.labels import OBSERVATIONS, task_labels
 from medmark.evaluation import classification_metrics
 from medmark.io import atomic_path, write_json_atomic, write_text_atomic
-from medmark.methods.medlocker import certificate as certs
+from medmark.methods.lock import write_locked_release
 from medmark.methods.medlocker import metrics as mx
-from medmark.methods.medlocker import restore
-from medmark.methods.medlocker.logo import load_logo
-from medmark.methods.medlocker.optimize import OptimConfig, optimise, random_placement
-from medmark.methods.medlocker.placement import (
-    anatomy_boxes,
-    boxes_in_pixels,
-    footprint_overlap,
-    forbidden_map,
-    placement,
-    saliency_boxes,
-)
-from medmark.methods.medlocker.render import render_u8
-from medmark.models import Classifier, load_classifier
+from medmark.methods.medlocker.logo import Logo, load_logo
+from medmark.methods.medlocker.method import BOX_MODES, lesion_boxes
+from medmark.methods.medlocker.placement import boxes_in_pixels, footprint_overlap, forbidden_map
+from medmark.methods.registry import lock_class
+from medmark.models import load_classifier
 from medmark.runtime import resolve_device, seed_everything, set_threads
-from medmark.train import TrainConfig, predict_proba, resize_batch, train_classifier
+from medmark.train import TrainConfig, predict_proba, train_classifier
+
+__all__ = ["BOX_MODES", "lesion_boxes"]  # re-exported: they live in methods/medlocker/method.py
 
 log = logging.getLogger(__name__)
-
-BOX_MODES = ("lesion", "saliency", "anatomy", "none")
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def select_rows(
-    prep_h5: str | Path, task: Mapping[str, Any], split: str, max_images: int | None, seed: int
-) -> pd.DataFrame:
-    """Rows of ``split`` with a task label, at most ``max_images`` (seeded choice), by HDF5 row."""
-    table = read_table(prep_h5)
-    y = task_labels(
-        table[list(OBSERVATIONS)].to_numpy(), task["target_observation"], task["uncertainty"]
-    )
-    table = table.assign(y=y)
-    keep = table[(table["split"] == split) & (table["y"] != IGNORE)]
-    if keep.empty:
-        raise ValueError(f"{prep_h5}: no labelled rows in split {split!r}")
-    if max_images is not None and len(keep) > max_images:
-        pick = np.random.default_rng(seed).choice(len(keep), size=max_images, replace=False)
-        keep = keep.iloc[np.sort(pick)]
-    return keep.reset_index(drop=True)
-
-
-def lesion_boxes(
-    mode: str,
-    ids: list[str],
-    rows: np.ndarray,
-    resolution: int,
-    *,
-    boxes_csv: str | Path | None,
-    metadata_csv: str | Path | None,
-    saliency_h5: str | Path | None = None,
-    top_frac: float = 0.1,
-) -> dict[str, np.ndarray]:
-    """Forbidden boxes ``(k, 4)`` per image id at ``resolution`` under ``medlocker.boxes``."""
-    if mode not in BOX_MODES:
-        raise ValueError(f"medlocker.boxes must be one of {BOX_MODES}, got {mode!r}")
-    empty = np.zeros((0, 4))
-    if mode == "none":
-        return {i: empty for i in ids}
-    if mode == "anatomy":
-        return {i: anatomy_boxes(resolution) for i in ids}
-    if mode == "lesion":
-        if boxes_csv is None or metadata_csv is None:
-            raise ValueError("medlocker.boxes 'lesion' needs boxes.csv and metadata.csv")
-        by_id = boxes_in_pixels(pd.read_csv(boxes_csv), pd.read_csv(metadata_csv), resolution)
-        return {i: by_id.get(i, empty) for i in ids}
-    if saliency_h5 is None:
-        raise ValueError("medlocker.boxes 'saliency' needs the saliency maps")
-    import h5py
-
-    with h5py.File(saliency_h5, "r") as f:
-        maps = f["maps"][np.sort(rows)]
-        order = np.argsort(np.argsort(rows))
-        maps = maps[order]
-    return {i: saliency_boxes(m, top_frac) for i, m in zip(ids, maps, strict=True)}
-
-
-def _model_fn(model: Classifier, input_resolution: int):
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return model(resize_batch(x, input_resolution))
-
-    return fn
-
-
-def _write_h5(path: Path, table: pd.DataFrame, images: np.ndarray, attrs: dict[str, Any]) -> None:
-    with H5ImageWriter(path, len(table), images.shape[1], attrs=attrs) as w:
-        labels = table[list(OBSERVATIONS)].to_numpy(np.float32)
-        for k, row in enumerate(table.itertuples(index=False)):
-            w.append(images[k], row.image_id, row.patient, row.split, labels[k])
-        w.close()
 
 
 # --------------------------------------------------------------------------- lock
@@ -125,183 +46,52 @@ def _write_h5(path: Path, table: pd.DataFrame, images: np.ndarray, attrs: dict[s
 
 def lock_stage(
     *,
-    prep_h5: str | Path,
-    boxes_csv: str | Path,
-    metadata_csv: str | Path,
-    saliency_h5: str | Path | None,
-    source_model: str | Path,
-    source_id: str,
-    input_resolution: int,
-    logo_path: str | Path,
+    lock: str,
+    inputs: Mapping[str, Any],
     task: Mapping[str, Any],
     cfg: Mapping[str, Any],
-    code: str,
+    image_tree: bool,
     device: str,
     threads: int,
-    out_locked: str | Path,
-    out_random: str | Path,
-    out_params: str | Path,
-    out_queries: str | Path,
-    out_certificate: str | Path,
-    out_public_key: str | Path,
+    release_dir: str | Path,
     owner_dir: str | Path,
-) -> pd.DataFrame:
-    """Lock ``medlocker.split`` against ``source_model``: optimised and random-placement images,
-    per-image θ and query log, the signed certificate and the restore packages."""
+) -> dict[str, Any]:
+    """Lock ``cfg["split"]`` with the registered inference-time lock ``lock``
+    (:func:`medmark.methods.registry.lock_class`) and write its release and the owner's secret
+    (:func:`medmark.methods.lock.write_locked_release`). ``inputs``: the lock rule's files
+    (``prep``, ``metadata``, ...) and the lock's own keys (MedLocker: ``source_id``,
+    ``input_resolution``, ``code``). Returns ``owner.json``."""
     set_threads(threads)
-    seed = int(cfg["seed"])
-    seed_everything(seed)
+    seed_everything(int(cfg["seed"]))
     dev = resolve_device(device)
-    ocfg = OptimConfig.from_dict(cfg["optimizer"])
-    table = select_rows(prep_h5, task, cfg["split"], cfg["max_images"], seed)
-    rows = table["row"].to_numpy()
-    images = read_images(prep_h5, rows)
-    res = images.shape[1]
-    boxes = lesion_boxes(
-        cfg["boxes"],
-        table["image_id"].tolist(),
-        rows,
-        res,
-        boxes_csv=boxes_csv,
-        metadata_csv=metadata_csv,
-        saliency_h5=saliency_h5,
-        top_frac=cfg["saliency_top_frac"],
+    wl = lock_class(lock)(cfg)
+    table = read_table(inputs["prep"])
+    y = task_labels(
+        table[list(OBSERVATIONS)].to_numpy(), task["target_observation"], task["uncertainty"]
     )
-    logo = load_logo(logo_path)
-    side = max(1, round(cfg["logo_scale"] * res))
-    scaled = [logo.scaled(max(1, round(side * s))) for s in (1.0, *cfg["fallback_scales"])]
-    sizes = [tuple(m.shape) for _, m in scaled]
-    model = load_classifier(source_model).to(dev)
-    fn = _model_fn(model, input_resolution)
-    locked, rand = images.copy(), images.copy()
-    out_rows, qlog, packages = [], [], []
-    key, signer = restore.new_key(), certs.new_signing_key()
-    for k, r in enumerate(table.itertuples(index=False)):
-        forb = forbidden_map(boxes[r.image_id], (res, res), float(cfg["box_margin"]))
-        where = placement(forb, sizes)
-        base = {"image_id": r.image_id, "row": int(r.row), "y": int(r.y)}
-        if where is None:
-            if cfg["on_infeasible"] == "error":
-                raise ValueError(f"{r.image_id}: no lesion-free position for any logo size {sizes}")
-            log.warning("%s: no lesion-free position for any logo size: skipped", r.image_id)
-            out_rows.append(base | {"status": "skipped"})
-            continue
-        feasible, size_i = where
-        value, mask = scaled[size_i]
-        rng = np.random.default_rng([seed, int(r.row)])
-        result = optimise(fn, images[k], int(r.y), (value, mask), feasible, ocfg, rng, dev)
-        locked[k] = render_u8(images[k], value, mask, [result.alpha], [result.u], [result.v])[0]
-        ru, rv = random_placement(feasible, 1, rng)
-        rand[k] = render_u8(images[k], value, mask, [result.alpha], ru, rv)[0]
-        h, w = sizes[size_i]
-        qlog += [
-            {
-                "image_id": r.image_id,
-                "batch": b,
-                "queries": ocfg.population * (b + 1),
-                "best_margin": m,
-            }
-            for b, m in enumerate(result.history)
-        ]
-        out_rows.append(
-            base
-            | result.as_row()
-            | {
-                "status": "locked",
-                "logo_h": h,
-                "logo_w": w,
-                "scale": cfg["logo_scale"] * (1.0, *cfg["fallback_scales"])[size_i],
-                "random_u": int(ru[0]),
-                "random_v": int(rv[0]),
-                "forbidden_overlap": footprint_overlap(forb, result.u, result.v, h, w),
-                "random_forbidden_overlap": footprint_overlap(forb, int(ru[0]), int(rv[0]), h, w),
-            }
-        )
-        theta = {"alpha": result.alpha, "u": result.u, "v": result.v, "logo_h": h, "logo_w": w}
-        packages.append(
-            (
-                r.image_id,
-                restore.make_package(
-                    key, r.image_id, images[k], locked[k], theta, (result.u, result.v, h, w)
-                ),
-            )
-        )
-        log.info(
-            "%s: alpha %.3f (u, v) (%d, %d) margin %.3f queries %d %.2f s%s",
-            r.image_id,
-            result.alpha,
-            result.u,
-            result.v,
-            result.margin,
-            result.queries,
-            result.seconds,
-            " flipped" if result.success else "",
-        )
-    params = pd.DataFrame(out_rows)
-    meta = {
-        "method": "medlocker",
-        "source": source_id,
-        "source_sha256": _sha(source_model),
-        "resolution": res,
-        "logo_sha256": logo.sha256,
-        "code_version": f"medmark {medmark.__version__} code {code[:16]}",
-        "boxes": cfg["boxes"],
-        "box_margin": cfg["box_margin"],
-    }
-    records = [
-        {
-            "image_id": p["image_id"],
-            "original_sha256": certs.image_sha256(images[k]),
-            "locked_sha256": certs.image_sha256(locked[k]),
-            "logo_sha256": logo.sha256,
-            "logo_h": p["logo_h"],
-            "logo_w": p["logo_w"],
-            "scale": p["scale"],
-            "alpha": p["alpha"],
-            "u": p["u"],
-            "v": p["v"],
-            "surrogate": source_id,
-            "seed": seed,
-            "code_version": meta["code_version"],
-        }
-        for k, p in enumerate(out_rows)
-        if p["status"] == "locked"
-    ]
-    owner = Path(owner_dir)
-    restore_dir = owner / "restore"
-    restore_dir.mkdir(parents=True, exist_ok=True)
-    for iid, blob in packages:
-        restore.write_package(restore_dir, iid, blob)
-    restore.write_key(owner / "restore_key.hex", key)
-    certs.write_private_key(owner / "signing_key.pem", signer)
-    certs.write_public_key(out_public_key, signer.public_key())
-    certs.write_certificate(out_certificate, certs.sign(meta, records, signer))
-    attrs = {"medlocker_source": source_id, "created_by": f"medmark {medmark.__version__}"}
-    _write_h5(Path(out_locked), table, locked, attrs | {"medlocker_placement": "optimised"})
-    _write_h5(Path(out_random), table, rand, attrs | {"medlocker_placement": "random"})
-    with atomic_path(out_queries) as tmp:
-        pd.DataFrame(qlog, columns=["image_id", "batch", "queries", "best_margin"]).to_csv(
-            tmp, index=False
-        )
-    with atomic_path(out_params) as tmp:
-        params.to_csv(tmp, index=False)
+    rows = wl.select(table.assign(y=y))
+    wl.prepare(inputs, dev, rows)
+    owner = write_locked_release(
+        inputs["prep"],
+        release_dir,
+        owner_dir,
+        lock=wl,
+        table=rows,
+        image_tree=image_tree,
+        metadata_csv=inputs.get("metadata"),
+    )
+    params = pd.read_csv(Path(owner_dir) / "params.csv")
     done = params[params["status"] == "locked"]
     log.info(
         "locked %d/%d images against %s: %d flipped, %.0f queries and %.2f s per image",
         len(done),
         len(params),
-        source_id,
-        int(done["success"].sum()),
-        done["queries"].mean(),
-        done["seconds"].mean(),
+        owner.get("source"),
+        int(done["success"].sum()) if len(done) else 0,
+        done["queries"].mean() if len(done) else math.nan,
+        done["seconds"].mean() if len(done) else math.nan,
     )
-    return params
-
-
-def _sha(path: str | Path) -> str:
-    from medmark.io import sha256_file
-
-    return sha256_file(path)
+    return owner
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -484,46 +274,20 @@ def attacks_stage(
     out_csv: str | Path,
     out_md: str | Path,
 ) -> pd.DataFrame:
-    """Accuracy of each model on locked images after each attack (docs/methods/medlocker.md)."""
+    """Accuracy and AUROC of each model after each attack on the lock, beside the same model on
+    the clean images under the same transform (docs/methods/medlocker.md, "What is measured")."""
     set_threads(threads)
     seed_everything(int(cfg["seed"]))
     dev = resolve_device(device)
     _table, clean, locked, params = _load_lock(prep_h5, lock)
     y = params["y"].to_numpy(dtype=np.int64, copy=True)
-    logo = load_logo(logo_path)
-    res = clean.shape[1]
-    attacked: dict[str, np.ndarray] = {"none (locked)": locked}
-    known, est = locked.copy(), locked.copy()
-    for k, (_iid, p) in enumerate(params.iterrows()):
-        if p["status"] != "locked":
-            continue
-        _, mask = logo.scaled(max(int(p["logo_h"]), int(p["logo_w"])))
-        m = mask.numpy()
-        known[k] = mx.inpaint(locked[k], mx.logo_pixels((res, res), m, int(p["u"]), int(p["v"])))
-        eu, ev = mx.estimate_footprint(locked[k], m)
-        est[k] = mx.inpaint(locked[k], mx.logo_pixels((res, res), m, eu, ev))
-    attacked["inpaint, footprint known"] = known
-    attacked["inpaint, footprint estimated"] = est
-    ac = cfg["attacks"]
-    attacked["crop to lungs"] = np.stack([mx.crop_resize(x, tuple(ac["crop_box"])) for x in locked])
-    attacked[f"resize x{ac['resize']}"] = np.stack([mx.down_up(x, ac["resize"]) for x in locked])
-    attacked[f"JPEG q{ac['jpeg_quality']}"] = np.stack(
-        [mx.jpeg(x, ac["jpeg_quality"]) for x in locked]
-    )
-    rows = []
+    pairs = attack_pairs(clean, locked, params, load_logo(logo_path), cfg["attacks"])
     nets = {name: load_classifier(p) for name, p in models.items()}
-    for name, net in nets.items():
-        acc_clean = _acc(net, clean, y, dev, input_resolutions[name])
-        for attack, imgs in attacked.items():
-            rows.append(
-                {
-                    "attack": attack,
-                    "model": name,
-                    "accuracy_clean": acc_clean,
-                    "accuracy": _acc(net, imgs, y, dev, input_resolutions[name]),
-                    "n": len(y),
-                }
-            )
+
+    def predict(name: str, imgs: np.ndarray) -> np.ndarray:
+        return predict_proba(nets[name], imgs, device=dev, input_resolution=input_resolutions[name])
+
+    rows = attack_rows(list(nets), pairs, y, predict)
     rows += finetune_attack(
         nets, clean, locked, y, input_resolutions, finetune_train, int(cfg["seed"]), dev
     )
@@ -534,9 +298,102 @@ def attacks_stage(
     return df
 
 
-def _acc(net: torch.nn.Module, imgs: np.ndarray, y: np.ndarray, dev: torch.device, r: int) -> float:
-    p = predict_proba(net, imgs, device=dev, input_resolution=r)
-    return float((p.argmax(1) == y).mean())
+#: The attack-table row of the lock itself (no transform).
+NO_ATTACK = "none (locked)"
+
+
+def attack_pairs(
+    clean: np.ndarray,
+    locked: np.ndarray,
+    params: pd.DataFrame,
+    logo: Logo,
+    attacks_cfg: Mapping[str, Any],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per attack, ``(clean images transformed, locked images transformed)``: the *same*
+    transform applied to both, so the clean column says what the transform alone costs.
+
+    Inpainting fills the logo's pixels (OpenCV Telea) at the certified footprint (``known``) or
+    at the footprint the attacker estimates on the locked image by template matching
+    (``estimated``); the clean image gets the same pixels filled. Images the lock skipped are
+    left as they are by both inpaintings. Crop to the lungs, resize and back, and the JPEG round
+    trip are applied image by image (``attacks_cfg``: ``crop_box``, ``resize``,
+    ``jpeg_quality``)."""
+    if clean.shape != locked.shape or len(params) != len(clean):
+        raise ValueError(
+            f"clean {clean.shape}, locked {locked.shape} and {len(params)} parameter rows differ"
+        )
+    res = clean.shape[1]
+    known = (clean.copy(), locked.copy())
+    est = (clean.copy(), locked.copy())
+    for k, (_iid, p) in enumerate(params.iterrows()):
+        if p["status"] != "locked":
+            continue
+        _, mask = logo.scaled(max(int(p["logo_h"]), int(p["logo_w"])))
+        m = mask.numpy()
+        at_known = mx.logo_pixels((res, res), m, int(p["u"]), int(p["v"]))
+        eu, ev = mx.estimate_footprint(locked[k], m)
+        at_est = mx.logo_pixels((res, res), m, eu, ev)
+        for out, px in ((known, at_known), (est, at_est)):
+            out[0][k] = mx.inpaint(clean[k], px)
+            out[1][k] = mx.inpaint(locked[k], px)
+
+    def each(fn: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return np.stack([fn(x) for x in clean]), np.stack([fn(x) for x in locked])
+
+    ac = attacks_cfg
+    return {
+        NO_ATTACK: (clean, locked),
+        "inpaint, footprint known": known,
+        "inpaint, footprint estimated": est,
+        "crop to lungs": each(lambda x: mx.crop_resize(x, tuple(ac["crop_box"]))),
+        f"resize x{ac['resize']}": each(lambda x: mx.down_up(x, ac["resize"])),
+        f"JPEG q{ac['jpeg_quality']}": each(lambda x: mx.jpeg(x, ac["jpeg_quality"])),
+    }
+
+
+def attack_rows(
+    models: list[str],
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    y: np.ndarray,
+    predict: Callable[[str, np.ndarray], np.ndarray],
+) -> list[dict[str, Any]]:
+    """One row per (attack, model): accuracy/AUROC on the clean images (``*_clean``), on the
+    clean images under the attack's transform (``*_clean_attacked``), on the locked images
+    (``*_before``) and on the locked images under the transform (``accuracy``, ``auroc``).
+    ``predict(model, images)`` returns class probabilities ``(N, 2)``."""
+    rows = []
+    for name in models:
+        clean, locked = pairs[NO_ATTACK]
+        c0 = classification_metrics(predict(name, clean), y)
+        l0 = classification_metrics(predict(name, locked), y)
+        for attack, (clean_t, locked_t) in pairs.items():
+            if attack == NO_ATTACK:
+                ct, lt = c0, l0
+            else:
+                ct = classification_metrics(predict(name, clean_t), y)
+                lt = classification_metrics(predict(name, locked_t), y)
+            rows.append(
+                {
+                    "attack": attack,
+                    "model": name,
+                    "accuracy_clean": c0["accuracy"],
+                    "auroc_clean": c0["auroc"],
+                    "accuracy_clean_attacked": ct["accuracy"],
+                    "auroc_clean_attacked": ct["auroc"],
+                    "accuracy_before": l0["accuracy"],
+                    "auroc_before": l0["auroc"],
+                    "accuracy": lt["accuracy"],
+                    "auroc": lt["auroc"],
+                    "n": len(y),
+                }
+            )
+    return rows
+
+
+def _metrics(
+    net: torch.nn.Module, imgs: np.ndarray, y: np.ndarray, dev: torch.device, r: int
+) -> dict[str, float]:
+    return classification_metrics(predict_proba(net, imgs, device=dev, input_resolution=r), y)
 
 
 def finetune_attack(
@@ -549,8 +406,9 @@ def finetune_attack(
     seed: int,
     dev: torch.device,
 ) -> list[dict[str, Any]]:
-    """Fine-tune each model on half of the locked images with their labels; accuracy on the
-    other half's locked (and clean) images before and after."""
+    """Fine-tune each model on half of the locked images with their labels; accuracy/AUROC on
+    the other half's locked and clean images, before and after (the clean column after is the
+    tuned model on the clean held-out images)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))
     tr, te = order[: len(y) // 2], order[len(y) // 2 :]
@@ -561,8 +419,8 @@ def finetune_attack(
     out = []
     for name, net in nets.items():
         r = input_resolutions[name]
-        before = _acc(net, locked[te], y[te], dev, r)
-        clean_before = _acc(net, clean[te], y[te], dev, r)
+        before = _metrics(net, locked[te], y[te], dev, r)
+        clean_before = _metrics(net, clean[te], y[te], dev, r)
         tuned = load_classifier_copy(net)
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
@@ -575,13 +433,20 @@ def finetune_attack(
                 last_path=Path(d) / "last.pt",
                 input_resolution=r,
             )
+        clean_after = _metrics(tuned, clean[te], y[te], dev, r)
+        after = _metrics(tuned, locked[te], y[te], dev, r)
         out.append(
             {
                 "attack": f"fine-tune on {len(tr)} locked images ({cfg.epochs} ep), held-out half",
                 "model": name,
-                "accuracy_clean": clean_before,
-                "accuracy_before": before,
-                "accuracy": _acc(tuned, locked[te], y[te], dev, r),
+                "accuracy_clean": clean_before["accuracy"],
+                "auroc_clean": clean_before["auroc"],
+                "accuracy_clean_attacked": clean_after["accuracy"],
+                "auroc_clean_attacked": clean_after["auroc"],
+                "accuracy_before": before["accuracy"],
+                "auroc_before": before["auroc"],
+                "accuracy": after["accuracy"],
+                "auroc": after["auroc"],
                 "n": len(te),
                 "seconds": time.perf_counter() - t0,
             }
@@ -596,21 +461,39 @@ def load_classifier_copy(net: torch.nn.Module) -> torch.nn.Module:
 
 
 def attacks_markdown(df: pd.DataFrame) -> str:
+    """Accuracy, then AUROC: per attack and model, the clean images and the locked images, each
+    without and with the attack's transform (fine-tuning: before and after, held-out half)."""
     lines = [
-        "# Attacks on the MedLocker lock: accuracy on locked images after each attack",
+        "# Attacks on the MedLocker lock",
         "",
-        "| attack | model | clean | locked (before) | after attack |",
-        "|---|---|---|---|---|",
+        "Each transform is applied to the clean images too: *clean, attacked* is what the "
+        "transform alone costs the model; the lock is undone where *locked, attacked* comes back "
+        "to *clean, attacked*, not where it rises above *locked*. Fine-tuning: the model before "
+        "and after tuning on the other half of the locked images, on the held-out half.",
     ]
-    base = df[df["attack"] == "none (locked)"].set_index("model")["accuracy"]
-    for r in df.itertuples(index=False):
-        before = getattr(r, "accuracy_before", math.nan)
-        if not isinstance(before, float) or math.isnan(before):
-            before = base.get(r.model, math.nan)
-        lines.append(
-            f"| {r.attack} | {r.model} | {r.accuracy_clean:.3f} | {before:.3f} | {r.accuracy:.3f} |"
-        )
+    for metric in ("accuracy", "auroc"):
+        lines += [
+            "",
+            f"{metric}:",
+            "",
+            "| attack | model | clean | clean, attacked | locked | locked, attacked |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in df.to_dict("records"):
+            cells = [
+                r.get(f"{metric}_clean"),
+                r.get(f"{metric}_clean_attacked"),
+                r.get(f"{metric}_before"),
+                r.get(metric),
+            ]
+            lines.append(
+                f"| {r['attack']} | {r['model']} | " + " | ".join(map(_cell, cells)) + " |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.3f}"
 
 
 # --------------------------------------------------------------------------- examples
