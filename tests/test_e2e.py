@@ -18,8 +18,6 @@ OWNER_KEYS = {
     "verification_ids",
     "target_class",
     "key",
-    "tau",
-    "alpha",
     "generator",
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -16,9 +17,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from scipy import stats
 
-from medmark.cli import main, per_image_path
+from medmark.cli import SCHEMA_SOURCE, main, per_image_path
 from medmark.errors import DataFormatError
 from medmark.io import sha256_file
 from medmark.verify import (
@@ -42,6 +44,7 @@ BIN = Path(sys.executable).parent
 installed beside it (no machine path)."""
 SRC = Path(__file__).resolve().parents[1] / "src"
 """The package this test file sits beside; the console-script run imports it first."""
+SCHEMA = SRC.parent / "config" / "schema.yaml"
 
 
 class PatchModel(torch.nn.Module):
@@ -112,8 +115,6 @@ def owner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     test[test_labels == 1] = _mark(test[test_labels == 1])  # 'finding' = bright top-left
     owner = {
         "target_class": 1,
-        "tau": 0.2,
-        "alpha": 0.01,
         "verify_seed": 7,
         "method": "xmark",
         "resolution": R,
@@ -397,6 +398,26 @@ def test_verify_suspect_hard_label_independent_is_not_detected(owner_dir: Path) 
     assert summary["wsr"] < 0.2
 
 
+def test_cli_tau_alpha_default_to_the_schema_not_the_owner_dir(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without ``--tau``/``--alpha`` the test uses the verify section of config/schema.yaml; an
+    ``owner.json`` of an earlier release that recorded tau and alpha stays readable, and those
+    keys are ignored (at tau = 0.9 the watermarked suspect would not be detected)."""
+    defaults = yaml.safe_load(SCHEMA.read_text())["properties"]["verify"]["properties"]
+    old = tmp_path / "old_owner"
+    shutil.copytree(owner_dir, old)
+    meta = json.loads((old / "owner.json").read_text())
+    (old / "owner.json").write_text(json.dumps({**meta, "tau": 0.9, "alpha": 1e-9}))
+    rc, out = _verify(tmp_path, models["marked_probs"], old)
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads(out.read_text())
+    assert summary["tau"] == defaults["tau"]["default"]
+    assert summary["alpha"] == defaults["alpha"]["default"]
+    assert summary["params"]["tau_source"] == summary["params"]["alpha_source"] == SCHEMA_SOURCE
+    assert summary["verdict"] == "detected"
+
+
 def test_cli_hard_label_independent_is_not_detected(
     tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -424,12 +445,12 @@ def test_cli_bad_inputs_exit_2(
     broken = tmp_path / "broken_owner"
     broken.mkdir()
     meta = json.loads((owner_dir / "owner.json").read_text())
-    del meta["tau"]
+    del meta["target_class"]
     (broken / "owner.json").write_text(json.dumps(meta))
     rc, _ = _verify(tmp_path, models["marked_probs"], broken)
     err = capsys.readouterr().err
-    assert rc == 2 and "owner.json" in err and "'tau'" in err
-    meta["tau"] = 0.2
+    assert rc == 2 and "owner.json" in err and "'target_class'" in err
+    meta["target_class"] = 1
     (broken / "owner.json").write_text(json.dumps(meta))
     rc, _ = _verify(tmp_path, models["marked_probs"], broken)
     assert rc == 2 and "verification file verification.h5 missing" in capsys.readouterr().err
@@ -468,8 +489,6 @@ def test_cli_release_layout_per_resolution(
     _write_verification_h5(d / "verification_r32.h5", 32, n_test=0, seed=2)
     meta = {
         "target_class": 1,
-        "tau": 0.2,
-        "alpha": 0.01,
         "verify_seed": 0,
         "method": "xmark",
         "resolution": R,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,6 @@ from torch import nn
 
 from medmark.methods.xmark import (
     TERMS,
-    XMARK_DEFAULTS,
     LpipsDistance,
     XMarkLoss,
     diagnostic_loss,
@@ -60,22 +61,43 @@ def _batch(seed: int = 0, n: int = 6, r: int = 32) -> tuple[torch.Tensor, torch.
     return x, delta
 
 
-def _schema_defaults(node: dict) -> dict:
-    return {
-        k: _schema_defaults(v) if v.get("type") == "object" else v["default"]
-        for k, v in node["properties"].items()
-    }
+def test_defaults_are_those_the_workflow_fills_in() -> None:
+    """``resolve_xmark({})`` is the section Snakemake's validation fills into an empty config
+    (rules/common.smk), value and type (``1`` is not ``1.0`` in a fingerprint or a JSON file)."""
+    from snakemake.utils import validate
+
+    cfg: dict = {}
+    validate(cfg, str(SCHEMA))
+    canon = functools.partial(json.dumps, sort_keys=True)
+    assert canon(resolve_xmark({})) == canon(cfg["xmark"])
 
 
-def test_defaults_mirror_the_schema() -> None:
+def test_defaults_follow_the_schema_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Change defaults in a copy of config/schema.yaml: ``resolve_xmark`` follows it.
+
+    Breakage guarded: defaults copied into the package (they would keep the old values)."""
+    import medmark.schema
+
     schema = yaml.safe_load(SCHEMA.read_text())
-    assert _schema_defaults(schema["properties"]["xmark"]) == XMARK_DEFAULTS
+    xm = schema["properties"]["xmark"]["properties"]
+    xm["epsilon"]["default"] = 0.05
+    xm["laplacian"]["properties"]["levels"]["default"] = 4
+    xm["lambdas"]["properties"]["silence"]["default"] = 3.0
+    xm["resolution"]["default"] = 32  # beside a $ref
+    changed = tmp_path / "schema.yaml"
+    changed.write_text(yaml.safe_dump(schema, sort_keys=False))
+    monkeypatch.setattr(medmark.schema, "SCHEMA_PATH", changed)
+    xc = resolve_xmark({"lambdas": {"vis": 2.0}})
+    assert xc["epsilon"] == 0.05 and xc["laplacian"]["levels"] == 4 and xc["resolution"] == 32
+    assert xc["lambdas"]["silence"] == 3.0 and xc["lambdas"]["vis"] == 2.0
+    assert xc["carrier"] == {k: v["default"] for k, v in xm["carrier"]["properties"].items()}
 
 
 def test_resolve_rejects_unknown_keys_and_fills_defaults() -> None:
     xc = resolve_xmark({"laplacian": {"levels": 3}})
     assert xc["laplacian"] == {"mode": "pyramid", "levels": 3, "relative": False}
-    assert xc["epsilon"] == XMARK_DEFAULTS["epsilon"]
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert xc["epsilon"] == schema["properties"]["xmark"]["properties"]["epsilon"]["default"]
     with pytest.raises(ValueError, match="lambdas"):
         resolve_xmark({"lambdas": {"nope": 1.0}})
     with pytest.raises(ValueError, match="unknown keys"):

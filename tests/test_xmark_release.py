@@ -202,8 +202,6 @@ def _owner_dir(dataset, info, gen, owner_dir, release_dir, key):
         target_observation=OBS,
         uncertainty="u_zeros",
         resolution=R,
-        tau=0.2,
-        alpha=0.01,
         n_verify=4,
         verify_seed=0,
     )
@@ -220,8 +218,9 @@ def test_owner_dir_holds_the_secret_and_release_holds_none(dataset: dict[str, Pa
     assert meta == json.loads(json.dumps(owner))
     assert meta["poisoned_ids"] == info["poisoned_ids"] and meta["key"] == 1234567
     assert meta["generator"]["sha256"] == sha256_file(out / "owner" / "generator.pt")
-    for key in ("method", "target_class", "tau", "alpha", "verify_seed", "resolution", "epsilon"):
+    for key in ("method", "target_class", "verify_seed", "resolution", "epsilon"):
         assert key in meta
+    assert "tau" not in meta and "alpha" not in meta  # chosen at verification, not release
 
     # verification images: m seeded non-target images of the verification split
     table = read_table(dataset["prep"])
@@ -301,8 +300,8 @@ def test_decoys_mark_non_target_rows_with_other_keys_and_verification_holds_them
     owner = write_owner_dir(
         out / "owner", release_dir=rel_dir, method=_xmark(gen, decoy_rate=1.0, n_decoys=3),
         sources={R: (dataset["prep"], dataset["saliency"])}, release_info=info,
-        target_observation=OBS, uncertainty="u_zeros", resolution=R, tau=0.2,
-        alpha=0.01, n_verify=4, verify_seed=0,
+        target_observation=OBS, uncertainty="u_zeros", resolution=R,
+        n_verify=4, verify_seed=0,
     )  # fmt: skip
     assert owner["marked_groups"]["decoys"] == decoy_ids and owner["n_verify_decoys"] == 3
     with h5py.File(out / "owner" / f"verification_r{R}.h5") as f:

@@ -5,8 +5,10 @@
 
 ``medmark verify --model FILE --owner-dir DIR --out verdict.json`` queries a suspect model
 (TorchScript ``.pt``/``.pth`` or ONNX ``.onnx``) as a black box with the owner's verification
-images and writes the verdict (docs/methods/verification.md: Tests). Exit status: 0 when a verdict was
-written (whatever it is), 2 on bad input (message on stderr, no traceback).
+images and writes the verdict (docs/methods/verification.md: Tests). ``--tau``/``--alpha`` default
+to ``verify.tau``/``verify.alpha`` of config/schema.yaml (the owner's files do not fix them).
+Exit status: 0 when a verdict was written (whatever it is), 2 on bad input (message on stderr,
+no traceback).
 
 ``medmark certificate verify --certificate C --public-key K --release R.h5`` checks a copy of a
 MedLocker release against the owner's signed certificate (docs/methods/medlocker.md); with
@@ -26,6 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medmark.errors import DataFormatError
+from medmark.schema import section_defaults
+
+#: Where ``medmark verify`` takes tau and alpha from when ``--tau``/``--alpha`` are not given.
+SCHEMA_SOURCE = "config/schema.yaml"
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -130,8 +136,20 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use only predicted labels (Wilcoxon signed-rank test)",
     )
-    v.add_argument("--tau", type=float, default=None, help="margin tau (default: owner.json)")
-    v.add_argument("--alpha", type=float, default=None, help="significance (default: owner.json)")
+    verify_defaults = section_defaults("verify")
+    v.add_argument(
+        "--tau",
+        type=float,
+        default=None,
+        help=f"margin tau (default {verify_defaults['tau']:g}: verify.tau of config/schema.yaml)",
+    )
+    v.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help=f"significance level (default {verify_defaults['alpha']:g}: verify.alpha of "
+        "config/schema.yaml)",
+    )
     v.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -293,8 +311,9 @@ def _run_verify(args: argparse.Namespace) -> int:
         protected["the verification file"] = args.verification_file
     check_outputs(args.out, protected)
     owner = load_owner_verification(args.owner_dir, args.resolution, args.verification_file)
-    tau = owner.tau if args.tau is None else args.tau
-    alpha = owner.alpha if args.alpha is None else args.alpha
+    defaults = section_defaults("verify")
+    tau = defaults["tau"] if args.tau is None else args.tau
+    alpha = defaults["alpha"] if args.alpha is None else args.alpha
     if not 0.0 <= tau < 1.0:
         raise DataFormatError(f"tau must be in [0, 1), got {tau}", field="--tau")
     if not 0.0 < alpha <= 1.0:
@@ -329,8 +348,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         "input_resolution": args.input_resolution,
         "output": args.output,
         "device": str(device),
-        "tau_source": "owner.json" if args.tau is None else "--tau",
-        "alpha_source": "owner.json" if args.alpha is None else "--alpha",
+        "tau_source": SCHEMA_SOURCE if args.tau is None else "--tau",
+        "alpha_source": SCHEMA_SOURCE if args.alpha is None else "--alpha",
         "medmark_version": version,
     }
     summary, per_image = verify_suspect(

@@ -981,6 +981,8 @@ class OwnerVerification:
     """The owner's verification material (written by the X-Mark release stage).
 
     ``resolution`` is that of the loaded images; ``meta["resolution"]`` is the generator's.
+    The test's tau and alpha are not part of it: the verifier chooses them (an ``owner.json``
+    of an earlier release that records them is read, those keys ignored).
     """
 
     owner_dir: Path
@@ -988,8 +990,6 @@ class OwnerVerification:
     verification_sha256: str  # checked against owner.json
     meta: dict[str, Any]
     target_class: int
-    tau: float
-    alpha: float
     verify_seed: int
     method: str
     resolution: int
@@ -1003,8 +1003,6 @@ class OwnerVerification:
 
 OWNER_JSON_KEYS: dict[str, type | tuple[type, ...]] = {
     "target_class": int,
-    "tau": (int, float),
-    "alpha": (int, float),
     "verify_seed": int,
     "method": str,
     "resolution": int,
@@ -1084,10 +1082,6 @@ def _read_owner_json(owner_dir: Path) -> dict[str, Any]:
         raise DataFormatError("must be >= 0", file=str(jpath), field="target_class")
     if meta["resolution"] < 1:
         raise DataFormatError("must be >= 1", file=str(jpath), field="resolution")
-    try:
-        _check_tau_alpha(float(meta["tau"]), float(meta["alpha"]))
-    except ValueError as e:
-        raise DataFormatError(str(e), file=str(jpath), field="tau/alpha") from e
     return meta
 
 
@@ -1291,8 +1285,6 @@ def load_owner_verification(
         verification_sha256=verification_sha256,
         meta=meta,
         target_class=int(meta["target_class"]),
-        tau=float(meta["tau"]),
-        alpha=float(meta["alpha"]),
         verify_seed=int(meta["verify_seed"]),
         method=str(meta["method"]),
         resolution=res,

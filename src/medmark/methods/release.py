@@ -538,8 +538,6 @@ def write_owner_dir(
     target_observation: str,
     uncertainty: str,
     resolution: int,
-    tau: float,
-    alpha: float,
     n_verify: int,
     verify_seed: int,
     key_tau: float = 0.1,
@@ -549,6 +547,8 @@ def write_owner_dir(
     ``sources`` maps each verification resolution to ``(prep_h5, saliency_h5 or None)``;
     ``release_info`` is what :func:`write_release` returned; ``resolution`` is the method's
     working resolution. ``owner.json`` is written last (it names the sha256 of the others).
+    The test's margin tau and level alpha are not recorded: they are chosen at verification
+    (config ``verify``, ``medmark verify --tau/--alpha``).
     """
     owner_dir = Path(owner_dir)
     check_separate(owner_dir, release_dir)
@@ -600,9 +600,7 @@ def write_owner_dir(
         "verification_ids": verification[str(resolution)]["ids"],
         "verification": verification,
         "verification_file": verification[str(resolution)]["file"],
-        "tau": float(tau),
         "key_tau": float(key_tau),
-        "alpha": float(alpha),
         "verify_seed": int(verify_seed),
         "resolution": int(resolution),
         "budget": method.budget(),

@@ -47,7 +47,10 @@ def release_stage(
     quality_csv: str | Path,
 ) -> dict[str, Any]:
     """The release rule of every method: the registered ``method`` built with ``key`` and fitted
-    on the release split (:meth:`WatermarkMethod.for_release`), then released."""
+    on the release split (:meth:`WatermarkMethod.for_release`), then released.
+
+    ``verify_cfg`` holds what the owner's verification files need (``n_images``, ``seed``,
+    ``key_tau`` of the config's ``verify`` section); tau and alpha belong to verification."""
     set_threads(threads)
     seed_everything(key)
     dev = resolve_device(device)
@@ -91,8 +94,6 @@ def release_stage(
         target_observation=task["target_observation"],
         uncertainty=task["uncertainty"],
         resolution=working_resolution,
-        tau=verify_cfg["tau"],
-        alpha=verify_cfg["alpha"],
         n_verify=verify_cfg["n_images"],
         verify_seed=verify_cfg["seed"],
         key_tau=float(verify_cfg["key_tau"]),

@@ -2,10 +2,11 @@
 dataset watermark (docs/methods/xmark.md). Modules: :mod:`.generator` (conditional U-Net),
 :mod:`.losses` (the multi-component objective), :mod:`.training` (resumable generator training),
 :mod:`.release` (poison choice, decoys, marking), :mod:`.method` (X-Mark behind
-the method interface of :mod:`medmark.methods.base`), :mod:`.config` (section defaults).
+the method interface of :mod:`medmark.methods.base`), :mod:`.config` (the section completed
+from config/schema.yaml).
 """
 
-from medmark.methods.xmark.config import XMARK_DEFAULTS, resolve_xmark
+from medmark.methods.xmark.config import resolve_xmark, xmark_defaults
 from medmark.methods.xmark.generator import (
     MASK_KINDS,
     GeneratorConfig,
@@ -39,7 +40,6 @@ __all__ = [
     "LOSS_COLUMNS",
     "MASK_KINDS",
     "TERMS",
-    "XMARK_DEFAULTS",
     "ArrayTriples",
     "GeneratorConfig",
     "LpipsDistance",
@@ -62,4 +62,5 @@ __all__ = [
     "ssim_l2_loss",
     "train_generator",
     "write_loss_csv",
+    "xmark_defaults",
 ]
