@@ -24,7 +24,8 @@ from medmark.methods.xmark import ArrayTriples, train_generator
 from medmark.methods.xmark.config import resolve_xmark
 from medmark.methods.xmark.generator import GeneratorConfig, build_generator
 from medmark.methods.xmark.losses import XMarkLoss
-from medmark.train import TrainConfig, augment_batch, epoch_seed, train_classifier
+from medmark.resumable import epoch_seed
+from medmark.train import TrainConfig, augment_batch, train_classifier
 
 CPU = torch.device("cpu")
 

@@ -79,20 +79,20 @@ def test_resume_after_kill_gives_identical_weights(tmp_path):
 
 def _train_one_epoch_then_stop(model, ds, cfg, last):
     """Run the recipe and raise after the first checkpoint is written (a kill mid-training)."""
-    import medmark.train as t
+    import medmark.resumable as r
 
-    real = t._save_state
+    real = r.save_state
 
     def save_then_die(path, state):
         real(path, state)
         raise KeyboardInterrupt
 
-    t._save_state = save_then_die
+    r.save_state = save_then_die
     try:
         with pytest.raises(KeyboardInterrupt):
             train_classifier(model, ds, cfg, seed=1, device=torch.device("cpu"), last_path=last)
     finally:
-        t._save_state = real
+        r.save_state = real
     assert torch.load(last, weights_only=False)["epoch"] == 0
 
 

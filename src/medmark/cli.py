@@ -294,8 +294,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         check_model_file,
         load_blackbox,
         load_owner_verification,
-        verify_suspect,
-        write_verification,
+        verify_owner,
     )
 
     if args.batch_size < 1:
@@ -352,27 +351,20 @@ def _run_verify(args: argparse.Namespace) -> int:
         "alpha_source": SCHEMA_SOURCE if args.alpha is None else "--alpha",
         "medmark_version": version,
     }
-    summary, per_image = verify_suspect(
+    summary = verify_owner(
         bb,
-        owner.clean,
-        owner.watermarked,
-        owner.test_images,
-        owner.test_labels,
-        target_class=owner.target_class,
+        owner,
         tau=tau,
         alpha=alpha,
+        key_tau=float(owner.meta.get("key_tau", DEFAULT_KEY_TAU)),
         hard_label=args.hard_label,
         params=params,
-        ids=owner.ids,
-        decoy_images=owner.decoys,
-        key_tau=float(owner.meta.get("key_tau", DEFAULT_KEY_TAU)),
-        untargeted=owner.meta.get("verification_test") == "untargeted",
+        out_summary=args.out,
+        out_per_image=per_image_path(args.out),
+        on_write_error=lambda e: DataFormatError(
+            f"cannot write the verdict: {e}", file=str(args.out)
+        ),
     )
-    csv_path = per_image_path(args.out)
-    try:
-        write_verification(summary, per_image, args.out, csv_path)
-    except OSError as e:
-        raise DataFormatError(f"cannot write the verdict: {e}", file=str(args.out)) from e
     flags = f" flags={','.join(summary['flags'])}" if summary["flags"] else ""
     print(
         f"{summary['verdict']}: {summary['test']} p={summary['p_value']:.3g} "

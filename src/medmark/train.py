@@ -1,14 +1,14 @@
 """One supervised training recipe for surrogates, suspects and attack students.
 
-Resumable: after every epoch the full state (weights, optimiser, scheduler, history) is written
-atomically to ``last.pt``; a rerun after a kill continues from it. Every source of randomness
-(shuffle order, augmentation) is re-seeded from ``(seed, epoch)`` at the start of each epoch, so an
-interrupted-and-resumed run on CPU yields the same weights as an uninterrupted one.
+Resumable (:mod:`medmark.resumable`): after every epoch the full state (weights, optimiser,
+scheduler, history) is written atomically to ``last.pt``; a rerun after a kill continues from it.
+Every source of randomness (shuffle order, augmentation) is re-seeded from ``(seed, epoch)`` at the
+start of each epoch, so an interrupted-and-resumed run on CPU yields the same weights as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from collections.abc import Callable
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from medmark.accel import Accel, setup_backends
-from medmark.io import atomic_path
+from medmark.resumable import Checkpoint, epoch_loader, write_history
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,6 @@ class TrainConfig:
 ACCEL_KEYS = ("bf16", "channels_last")
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed used for shuffling and augmentation in ``epoch`` (resume-stable)."""
-    return seed * 1_000_003 + epoch
-
-
 def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:
     """Antialiased bilinear resize of an image batch to ``size``×``size`` (no-op if equal)."""
     if size is None or (x.shape[-2] == size and x.shape[-1] == size):
@@ -85,11 +80,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     gain = (1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.1).to(dev)
     bias = ((torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * 0.05).to(dev)
     return (x * gain + bias).clamp(0, 1)
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def train_classifier(
@@ -115,35 +105,23 @@ def train_classifier(
     model = accel.prepare(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    history: list[dict[str, float]] = []
-    start = 0
-    if last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        if state.get("config") != cfg.fingerprint() or state.get("seed") != seed:
-            raise ValueError(
-                f"{last_path}: checkpoint was written with another config/seed; delete it to restart"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = state["history"]
-        start = state["epoch"] + 1
-        log.info("resuming %s from epoch %d", last_path, start)
+    ckpt = Checkpoint(
+        last_path,
+        stateful={"model": model, "optimizer": opt, "scheduler": sched},
+        identity={"config": cfg.fingerprint(), "seed": seed},
+        what="config/seed",
+    )
+    start, history = ckpt.resume(device)
 
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        es = epoch_seed(seed, epoch)
-        torch.manual_seed(es)
-        shuffle_gen = torch.Generator().manual_seed(es)
-        aug_gen = torch.Generator().manual_seed(es + 1)
-        loader = DataLoader(
+        loader, aug_gen = epoch_loader(
             train_set,
+            seed=seed,
+            epoch=epoch,
             batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=shuffle_gen,
             num_workers=cfg.num_workers,
-            drop_last=len(train_set) > cfg.batch_size,
-            **accel.loader_kwargs(),
+            accel=accel,
         )
         model.train()
         total, correct, loss_sum = 0, 0, 0.0
@@ -184,31 +162,11 @@ def train_classifier(
             row["train_acc"],
             row["seconds"],
         )
-        _save_state(
-            last_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "history": history,
-                "epoch": epoch,
-                "config": cfg.fingerprint(),
-                "seed": seed,
-            },
-        )
+        ckpt.save(epoch, history)
     if history_csv is not None:
         write_history(history, history_csv)
     model.eval()
     return history
-
-
-def write_history(history: list[dict[str, float]], path: str | Path) -> None:
-    """Write a per-epoch history as CSV atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        if history:
-            w = csv.DictWriter(f, fieldnames=list(history[0]))
-            w.writeheader()
-            w.writerows(history)
 
 
 @torch.no_grad()

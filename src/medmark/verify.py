@@ -37,7 +37,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -1547,3 +1547,52 @@ def write_verification(
     finally:
         for t in tmps:
             t.unlink(missing_ok=True)
+
+
+def verify_owner(
+    blackbox: BlackBox,
+    owner: OwnerVerification,
+    *,
+    tau: float,
+    alpha: float,
+    key_tau: float,
+    hard_label: bool,
+    params: Mapping[str, Any],
+    out_summary: str | os.PathLike[str],
+    out_per_image: str | os.PathLike[str],
+    on_write_error: Callable[[OSError], Exception] | None = None,
+) -> dict[str, Any]:
+    """Test one suspect with the owner's loaded material and write summary JSON + per-image CSV.
+
+    The one verification step behind both callers: the ``medmark verify`` command
+    (``medmark.cli``) and the workflow's verification stage (``medmark.stages.verification``).
+    They differ only in what they pass: ``key_tau`` (the command reads the one recorded in
+    ``owner.json``, the stage the configured ``verify.key_tau``) and ``params`` (recorded under
+    ``"params"`` of the summary). The test decided by :func:`verify_suspect` is untargeted when
+    ``owner.json`` says ``verification_test: untargeted``. A failed write (``OSError``) is
+    re-raised as ``on_write_error(e)`` when that is given; only the write is covered, not the
+    queries. Returns the summary.
+    """
+    summary, per_image = verify_suspect(
+        blackbox,
+        owner.clean,
+        owner.watermarked,
+        owner.test_images,
+        owner.test_labels,
+        target_class=owner.target_class,
+        tau=tau,
+        alpha=alpha,
+        hard_label=hard_label,
+        params=params,
+        ids=owner.ids,
+        decoy_images=owner.decoys,
+        key_tau=key_tau,
+        untargeted=owner.meta.get("verification_test") == "untargeted",
+    )
+    try:
+        write_verification(summary, per_image, out_summary, out_per_image)
+    except OSError as e:
+        if on_write_error is None:
+            raise
+        raise on_write_error(e) from e
+    return summary

@@ -17,8 +17,7 @@ from medmark.verify import (
     BlackBox,
     TorchBlackBox,
     load_owner_verification,
-    verify_suspect,
-    write_verification,
+    verify_owner,
 )
 
 log = logging.getLogger(__name__)
@@ -49,18 +48,19 @@ def run_verification(
     out_per_image: str | Path,
     threads: int = 1,
 ) -> dict[str, Any]:
-    """Run the paired test for one (suspect, owner key, attack) and write summary + per-image CSV."""
+    """Run the paired test for one (suspect, owner key, attack) and write summary + per-image CSV.
+
+    ``key_tau`` comes from the configuration (``verify.key_tau``); the test itself is
+    :func:`medmark.verify.verify_owner`, shared with the ``medmark verify`` command.
+    """
     set_threads(threads)
     ov = load_owner_verification(Path(owner_json).parent, verification_file=verification_h5)
-    summary, per_image = verify_suspect(
+    summary = verify_owner(
         blackbox,
-        ov.clean,
-        ov.watermarked,
-        ov.test_images,
-        ov.test_labels,
-        target_class=ov.target_class,
+        ov,
         tau=verify_cfg["tau"],
         alpha=verify_cfg["alpha"],
+        key_tau=verify_cfg["key_tau"],
         hard_label=verify_cfg.get("hard_label", False),
         params={
             **labels,
@@ -70,12 +70,9 @@ def run_verification(
             "verification_sha256": ov.verification_sha256,
             "query_resolution": ov.resolution,
         },
-        ids=ov.ids,
-        decoy_images=ov.decoys,
-        key_tau=verify_cfg["key_tau"],
-        untargeted=ov.meta.get("verification_test") == "untargeted",
+        out_summary=out_summary,
+        out_per_image=out_per_image,
     )
-    write_verification(summary, per_image, out_summary, out_per_image)
     log.info(
         "%s: %s (p=%s, dP=%.3f, WSR=%.3f, BA=%.3f)",
         labels,

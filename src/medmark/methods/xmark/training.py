@@ -4,15 +4,14 @@ Adam on the generator only; the surrogate is frozen (eval mode, no parameter gra
 ``delta`` learns to carry target-class evidence. Every term of :class:`XMarkLoss` is averaged over
 the batches of an epoch and written, with the total and the epoch's wall time, to ``loss_csv``
 (atomically, every epoch). The full state (generator, optimiser, epoch, history) is written
-atomically to ``last_path`` after every epoch; a rerun resumes from it. As in
-:mod:`medmark.train`, the shuffle order and the random rescale factors are re-seeded from
+atomically to ``last_path`` after every epoch; a rerun resumes from it (:mod:`medmark.resumable`,
+shared with :mod:`medmark.train`). The shuffle order and the random rescale factors are re-seeded from
 ``(key, epoch)`` at each epoch start, so a resumed run on CPU ends with the same weights as an
 uninterrupted one, and the same key gives the same generator.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -22,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from medmark.accel import Accel, setup_backends
-from medmark.io import atomic_path, stable_hash
+from medmark.io import stable_hash
 from medmark.methods.xmark.config import resolve_xmark
 from medmark.methods.xmark.generator import GeneratorConfig, XMarkGenerator, build_generator
 from medmark.methods.xmark.losses import TERMS, XMarkLoss
-from medmark.train import epoch_seed
+from medmark.resumable import Checkpoint, epoch_loader, write_history
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +72,7 @@ class ArrayTriples(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
 
 def write_loss_csv(history: list[dict[str, float]], path: str | Path) -> None:
     """Write the per-epoch loss history (:data:`LOSS_COLUMNS`) atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(LOSS_COLUMNS))
-        w.writeheader()
-        w.writerows(history)
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    write_history(history, path, fieldnames=LOSS_COLUMNS)
 
 
 FEEDING_KEYS = ("num_workers", "bf16", "channels_last")
@@ -133,35 +124,25 @@ def train_generator(
             "sres": surrogate_resolution,
         }
     )
-    history: list[dict[str, float]] = []
-    start = 0
-    if last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        if state.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"{last_path}: checkpoint was written with another config/key; delete it to restart"
-            )
-        generator.load_state_dict(state["generator"])
-        opt.load_state_dict(state["optimizer"])
-        history = state["history"]
-        start = state["epoch"] + 1
-        log.info("resuming %s from epoch %d", last_path, start)
+    ckpt = Checkpoint(
+        last_path,
+        stateful={"generator": generator, "optimizer": opt},
+        identity={"fingerprint": fingerprint},
+        what="config/key",
+        extra={"xmark": xc, "key": key},
+    )
+    start, history = ckpt.resume(device)
 
     epochs, batch_size = int(xc["epochs"]), int(xc["batch_size"])
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        es = epoch_seed(key, epoch)
-        torch.manual_seed(es)
-        shuffle_gen = torch.Generator().manual_seed(es)
-        scale_gen = torch.Generator().manual_seed(es + 1)
-        loader = DataLoader(
+        loader, scale_gen = epoch_loader(
             dataset,
+            seed=key,
+            epoch=epoch,
             batch_size=batch_size,
-            shuffle=True,
-            generator=shuffle_gen,
             num_workers=int(xc["num_workers"]),
-            drop_last=len(dataset) > batch_size,  # type: ignore[arg-type]
-            **accel.loader_kwargs(),
+            accel=accel,
         )
         generator.train()
         sums = dict.fromkeys((*TERMS, "total"), 0.0)
@@ -200,18 +181,7 @@ def train_generator(
             row["seconds"],
         )
         write_loss_csv(history, loss_csv)
-        _save_state(
-            last_path,
-            {
-                "generator": generator.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "fingerprint": fingerprint,
-                "xmark": xc,
-                "key": key,
-            },
-        )
+        ckpt.save(epoch, history)
     if start >= epochs:  # already complete: make sure the CSV exists
         write_loss_csv(history, loss_csv)
     generator.eval()
