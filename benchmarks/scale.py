@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -129,6 +130,20 @@ def _subset(ds: torch.utils.data.Dataset, n: int, seed: int) -> torch.utils.data
         return ds
     idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
     return torch.utils.data.Subset(ds, idx.tolist())
+
+
+def clear_outputs(d: Path) -> None:
+    """Remove a previous run's stage outputs under ``d`` (the tree view stays): a resumable
+    checkpoint left there (the generator's) would skip the epoch the benchmark times."""
+    if not d.exists():
+        return
+    for p in d.iterdir():
+        if p.name == "tree":
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def run_stage(stage: str, d: Path, args: argparse.Namespace) -> None:
@@ -219,26 +234,29 @@ def run_stage(stage: str, d: Path, args: argparse.Namespace) -> None:
         )
         save_generator(gen, d / "generator.pt", getattr(gen, "meta", None))
     elif stage == "release":
-        from medmark.stages.xmark import release_stage
+        from medmark.stages.release import release_stage
 
         release_stage(
+            method="xmark",
+            method_cfg={
+                "decoys": cfg["xmark"]["decoys"],
+                "poison_choice": cfg["release"]["poison_choice"],
+                "surrogate_resolution": RES,
+            },
+            key=int(cfg["xmark"]["owner_key"]),
+            inputs={"generator": str(d / "generator.pt"), "surrogate": str(sur)},
             prep={RES: str(h5)},
             saliency={RES: str(sal)},
-            generator_path=d / "generator.pt",
             metadata_csv=d / "metadata.csv",
             release_dir=release_dir,
             owner_dir=owner_dir,
             working_resolution=RES,
             task=task,
             release_cfg=cfg["release"],
-            verify_cfg=cfg["verify"],
-            decoys=cfg["xmark"]["decoys"],
-            key=int(cfg["xmark"]["owner_key"]),
+            verify_cfg={k: cfg["verify"][k] for k in ("n_images", "seed", "key_tau")},
             device="cpu",
             threads=args.threads,
             quality_csv=d / "quality.csv",
-            surrogate_path=sur,
-            surrogate_resolution=RES,
         )
     elif stage == "suspect":
         from medmark.data.datasets import labeled_split
@@ -457,6 +475,7 @@ def main() -> None:
     results: dict[int, dict[str, dict[str, float]]] = {}
     for n in sizes:
         d = work / f"n{n}"
+        clear_outputs(d)
         make_view(tree, n, d / "tree")
         results[n] = {}
         for stage in STAGES:
