@@ -98,3 +98,17 @@ def test_release_quality_in_blocks_equals_one_call() -> None:
     assert blocks["summary"] == pytest.approx(whole["summary"], rel=1e-12, nan_ok=True)
     for k, v in whole["per_image"].items():
         np.testing.assert_allclose(blocks["per_image"][k], v, rtol=1e-12)
+
+
+def test_ssim_in_chunks_equals_one_call(monkeypatch):
+    """SSIM is computed a few images at a time (memory); the values equal one batched call."""
+    import medmark.quality as q
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (9, 48, 48), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
+    chunked = q._per_image(a, b)[0]["ssim"]
+    monkeypatch.setattr(q, "SSIM_CHUNK", 1000)
+    whole = q._per_image(a, b)[0]["ssim"]
+    assert len(chunked) == 9
+    np.testing.assert_array_equal(chunked, whole)

@@ -77,6 +77,14 @@ def high_frequency_energy(
     return power[:, high].sum(axis=1), power.reshape(len(d), -1).sum(axis=1)
 
 
+#: Images per SSIM call. torchmetrics filters float64 images with an 11 x 11 Gaussian through
+#: ``conv2d``, which on the CPU unfolds every pixel's window (im2col): about 240 MB per 224-px
+#: image and 4x that at 448 px, so a whole quality block at once needed 54 GB at N = 4,000
+#: (``benchmarks/scale.py``). Chunking keeps that to a few images; SSIM is per image, so the
+#: values do not change.
+SSIM_CHUNK = 4
+
+
 def _per_image(
     a: np.ndarray, b: np.ndarray
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -84,7 +92,14 @@ def _per_image(
     x = torch.from_numpy(a).to(torch.float64).div(255.0).unsqueeze(1)
     xw = torch.from_numpy(b).to(torch.float64).div(255.0).unsqueeze(1)
     psnr = peak_signal_noise_ratio(xw, x, data_range=1.0, reduction="none", dim=(1, 2, 3)).numpy()
-    ssim = structural_similarity_index_measure(xw, x, data_range=1.0, reduction="none").numpy()
+    ssim = np.concatenate(
+        [
+            structural_similarity_index_measure(
+                xw[i : i + SSIM_CHUNK], x[i : i + SSIM_CHUNK], data_range=1.0, reduction="none"
+            ).numpy()
+            for i in range(0, len(x), SSIM_CHUNK)
+        ]
+    )
     delta_levels = b.astype(np.float64) - a.astype(np.float64)
     flat = delta_levels.reshape(len(a), -1)
     linf_levels = np.abs(flat).max(axis=1)
