@@ -112,6 +112,19 @@ def choose_rows(
     return np.sort(ranked[:k]).astype(np.int64)
 
 
+def checked_settings(
+    name: str, settings: tuple[str, ...], cfg: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A copy of a method's config section, refused when it lacks one of ``settings``."""
+    missing = [k for k in settings if k not in cfg]
+    if missing:
+        raise ValueError(
+            f"{name}: config section lacks {missing} (the workflow fills them from "
+            "config/schema.yaml; library callers pass them)"
+        )
+    return dict(cfg)
+
+
 class WatermarkMethod(ABC):
     """A dataset watermark: keyed, fitted on the owner's data, applied to chosen release rows.
 
@@ -134,13 +147,7 @@ class WatermarkMethod(ABC):
     def __init__(self, key: int, target_class: int, cfg: Mapping[str, Any]) -> None:
         self.key = int(key)
         self.target_class = int(target_class)
-        missing = [k for k in self.settings if k not in cfg]
-        if missing:
-            raise ValueError(
-                f"{self.name}: config section lacks {missing} (the workflow fills them from "
-                "config/schema.yaml; library callers pass them)"
-            )
-        self.cfg = dict(cfg)
+        self.cfg = checked_settings(self.name, self.settings, cfg)
 
     # ---- learning the secret ---------------------------------------------------------------
     @classmethod

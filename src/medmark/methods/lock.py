@@ -28,6 +28,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 
+from medmark.methods.base import checked_settings
+
 #: How a lock is checked: a signature over per-image parameters, and the copy's image hashes.
 LockVerification = Literal["certificate"]
 
@@ -80,13 +82,7 @@ class InferenceLock(ABC):
     settings: ClassVar[tuple[str, ...]] = ("split", "max_images", "seed")
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
-        missing = [k for k in self.settings if k not in cfg]
-        if missing:
-            raise ValueError(
-                f"{self.name}: config section lacks {missing} (the workflow fills them from "
-                "config/schema.yaml; library callers pass them)"
-            )
-        self.cfg = dict(cfg)
+        self.cfg = checked_settings(self.name, self.settings, cfg)
 
     def select(self, table: pd.DataFrame) -> pd.DataFrame:
         """The rows to lock: ``table`` (the prep table with a task-label column ``y``, -1 =
