@@ -253,7 +253,7 @@ def run_stage(stage: str, d: Path, args: argparse.Namespace) -> None:
             working_resolution=RES,
             task=task,
             release_cfg=cfg["release"],
-            verify_cfg={k: cfg["verify"][k] for k in ("n_images", "seed", "key_tau")},
+            verify_cfg={k: cfg["verify"][k] for k in ("n_images", "seed")},
             device="cpu",
             threads=args.threads,
             quality_csv=d / "quality.csv",

@@ -159,10 +159,10 @@ def release_params(**fixed):
         # An independent key's release only feeds Ind-W suspects, which read its HDF5: no tree.
         "release_cfg": lambda wc: vcfg(wc.variant)["release"]
         | ({} if wc.wm == "owner" else {"image_tree": False}),
-        # What the owner's verification files need; tau and alpha are read at verification
-        # time only (rules/verify.smk), so changing them reruns no release.
+        # What the owner's verification files need; tau, key_tau and alpha are read at
+        # verification time only (rules/verify.smk), so changing them reruns no release.
         "verify_cfg": lambda wc: {
-            k: vcfg(wc.variant)["verify"][k] for k in ("n_images", "seed", "key_tau")
+            k: vcfg(wc.variant)["verify"][k] for k in ("n_images", "seed")
         },
         "task": config["task"],
         "device": config["device"],

@@ -151,7 +151,7 @@ def _release(ds: dict[str, Path], method: str, out: str, key: int, surrogate: Pa
         metadata_csv=ds["metadata"], release_dir=ds["root"] / out / "release",
         owner_dir=ds["root"] / out / "owner", working_resolution=R, task=TASK,
         release_cfg={"poison_rate": 0.25, "seed": 0, "image_tree": True},
-        verify_cfg={"n_images": 4, "seed": 0, "key_tau": 0.1},
+        verify_cfg={"n_images": 4, "seed": 0},
         device="cpu", threads=1, quality_csv=ds["root"] / out / "owner" / "quality.csv",
     )  # fmt: skip
 

@@ -401,21 +401,41 @@ def test_verify_suspect_hard_label_independent_is_not_detected(owner_dir: Path) 
 def test_cli_tau_alpha_default_to_the_schema_not_the_owner_dir(
     tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without ``--tau``/``--alpha`` the test uses the verify section of config/schema.yaml; an
-    ``owner.json`` of an earlier release that recorded tau and alpha stays readable, and those
-    keys are ignored (at tau = 0.9 the watermarked suspect would not be detected)."""
+    """Without ``--tau``/``--key-tau``/``--alpha`` the tests use the verify section of
+    config/schema.yaml; an ``owner.json`` of an earlier release that recorded them stays
+    readable, and those keys are ignored (at tau or key_tau = 0.9 the watermarked suspect would
+    not be detected)."""
     defaults = yaml.safe_load(SCHEMA.read_text())["properties"]["verify"]["properties"]
     old = tmp_path / "old_owner"
     shutil.copytree(owner_dir, old)
     meta = json.loads((old / "owner.json").read_text())
-    (old / "owner.json").write_text(json.dumps({**meta, "tau": 0.9, "alpha": 1e-9}))
+    (old / "owner.json").write_text(json.dumps({**meta, "tau": 0.9, "key_tau": 0.9, "alpha": 1e-9}))
     rc, out = _verify(tmp_path, models["marked_probs"], old)
     assert rc == 0, capsys.readouterr().err
     summary = json.loads(out.read_text())
     assert summary["tau"] == defaults["tau"]["default"]
     assert summary["alpha"] == defaults["alpha"]["default"]
-    assert summary["params"]["tau_source"] == summary["params"]["alpha_source"] == SCHEMA_SOURCE
+    assert summary["key_tau"] == defaults["key_tau"]["default"]
+    sources = {summary["params"][f"{k}_source"] for k in ("tau", "key_tau", "alpha")}
+    assert sources == {SCHEMA_SOURCE}
     assert summary["verdict"] == "detected"
+
+
+def test_cli_key_tau_is_read_at_verification(
+    tmp_path: Path, owner_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--key-tau`` sets the key-specific test's margin: the suspect detected at the schema's
+    margin is not detected when the owner's mark must beat the decoys by 0.95, and the summary
+    records where the margin came from; a margin outside [0, 1) is refused before any query."""
+    rc, out = _verify(tmp_path, models["marked_probs"], owner_dir, "--key-tau", "0.95")
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads(out.read_text())
+    assert summary["key_tau"] == 0.95 and summary["params"]["key_tau_source"] == "--key-tau"
+    assert summary["key_test"]["significant"] is False
+    assert summary["verdict"] == "not detected"
+    (tmp_path / "bad").mkdir()
+    rc, out = _verify(tmp_path / "bad", models["marked_probs"], owner_dir, "--key-tau", "1.5")
+    assert rc == 2 and "--key-tau" in capsys.readouterr().err
 
 
 def test_cli_hard_label_independent_is_not_detected(

@@ -5,8 +5,9 @@
 
 ``medmark verify --model FILE --owner-dir DIR --out verdict.json`` queries a suspect model
 (TorchScript ``.pt``/``.pth`` or ONNX ``.onnx``) as a black box with the owner's verification
-images and writes the verdict (docs/methods/verification.md: Tests). ``--tau``/``--alpha`` default
-to ``verify.tau``/``verify.alpha`` of config/schema.yaml (the owner's files do not fix them).
+images and writes the verdict (docs/methods/verification.md: Tests). ``--tau``,
+``--key-tau`` and ``--alpha`` default to ``verify.tau``, ``verify.key_tau`` and ``verify.alpha``
+of config/schema.yaml (the owner's files do not fix them).
 Exit status: 0 when a verdict was written (whatever it is), 2 on bad input (message on stderr,
 no traceback).
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from medmark.errors import DataFormatError
 from medmark.schema import section_defaults
 
-#: Where ``medmark verify`` takes tau and alpha from when ``--tau``/``--alpha`` are not given.
+#: Where ``medmark verify`` takes tau, key_tau and alpha from when their options are not given.
 SCHEMA_SOURCE = "config/schema.yaml"
 
 EXIT_OK = 0
@@ -142,6 +143,13 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help=f"margin tau (default {verify_defaults['tau']:g}: verify.tau of config/schema.yaml)",
+    )
+    v.add_argument(
+        "--key-tau",
+        type=float,
+        default=None,
+        help=f"margin of the key-specific test against the decoy marks (default "
+        f"{verify_defaults['key_tau']:g}: verify.key_tau of config/schema.yaml)",
     )
     v.add_argument(
         "--alpha",
@@ -290,7 +298,6 @@ def _run_verify(args: argparse.Namespace) -> int:
     from medmark.io import sha256_file
     from medmark.runtime import resolve_device
     from medmark.verify import (
-        DEFAULT_KEY_TAU,
         check_model_file,
         load_blackbox,
         load_owner_verification,
@@ -313,8 +320,11 @@ def _run_verify(args: argparse.Namespace) -> int:
     defaults = section_defaults("verify")
     tau = defaults["tau"] if args.tau is None else args.tau
     alpha = defaults["alpha"] if args.alpha is None else args.alpha
+    key_tau = defaults["key_tau"] if args.key_tau is None else args.key_tau
     if not 0.0 <= tau < 1.0:
         raise DataFormatError(f"tau must be in [0, 1), got {tau}", field="--tau")
+    if not 0.0 <= key_tau < 1.0:
+        raise DataFormatError(f"key_tau must be in [0, 1), got {key_tau}", field="--key-tau")
     if not 0.0 < alpha <= 1.0:
         raise DataFormatError(f"alpha must be in (0, 1], got {alpha}", field="--alpha")
     is_onnx = args.format == "onnx" or (
@@ -348,6 +358,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         "output": args.output,
         "device": str(device),
         "tau_source": SCHEMA_SOURCE if args.tau is None else "--tau",
+        "key_tau_source": SCHEMA_SOURCE if args.key_tau is None else "--key-tau",
         "alpha_source": SCHEMA_SOURCE if args.alpha is None else "--alpha",
         "medmark_version": version,
     }
@@ -356,7 +367,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         owner,
         tau=tau,
         alpha=alpha,
-        key_tau=float(owner.meta.get("key_tau", DEFAULT_KEY_TAU)),
+        key_tau=key_tau,
         hard_label=args.hard_label,
         params=params,
         out_summary=args.out,

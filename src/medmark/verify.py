@@ -52,7 +52,6 @@ from medmark.train import resize_batch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEY_TAU = 0.1
 OutputKind = Literal["probs", "logits"]
 OUTPUT_KINDS: tuple[str, ...] = ("probs", "logits")
 PROB_SUM_TOL = 1e-3
@@ -1338,7 +1337,7 @@ def verify_suspect(
     params: Mapping[str, Any] | None = None,
     ids: Sequence[str] | None = None,
     decoy_images: np.ndarray | None = None,
-    key_tau: float = DEFAULT_KEY_TAU,
+    key_tau: float | None = None,
     untargeted: bool = False,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Query the suspect with ``x``, ``x'`` (and the decoy marks) and decide (module docstring).
@@ -1419,6 +1418,8 @@ def verify_suspect(
             "mean_p_target_watermarked": float(p_w.mean()),
         }
         if decoy_images is not None:
+            if key_tau is None:
+                raise ValueError("the owner's material has decoy marks: key_tau must be given")
             p_d = np.stack(
                 [_proba_of(blackbox, xd, target_class)[:, target_class] for xd in decoy_images]
             )
@@ -1566,8 +1567,8 @@ def verify_owner(
 
     The one verification step behind both callers: the ``medmark verify`` command
     (``medmark.cli``) and the workflow's verification stage (``medmark.stages.verification``).
-    They differ only in what they pass: ``key_tau`` (the command reads the one recorded in
-    ``owner.json``, the stage the configured ``verify.key_tau``) and ``params`` (recorded under
+    They differ only in what they pass: tau, key_tau and alpha (the command's options or the
+    schema's defaults; the stage's configured ``verify`` section) and ``params`` (recorded under
     ``"params"`` of the summary). The test decided by :func:`verify_suspect` is untargeted when
     ``owner.json`` says ``verification_test: untargeted``. A failed write (``OSError``) is
     re-raised as ``on_write_error(e)`` when that is given; only the write is covered, not the

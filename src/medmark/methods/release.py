@@ -540,15 +540,14 @@ def write_owner_dir(
     resolution: int,
     n_verify: int,
     verify_seed: int,
-    key_tau: float = 0.1,
 ) -> dict[str, Any]:
     """Write the owner's secret: the method's files, ``verification_r{res}.h5``, ``owner.json``.
 
     ``sources`` maps each verification resolution to ``(prep_h5, saliency_h5 or None)``;
     ``release_info`` is what :func:`write_release` returned; ``resolution`` is the method's
     working resolution. ``owner.json`` is written last (it names the sha256 of the others).
-    The test's margin tau and level alpha are not recorded: they are chosen at verification
-    (config ``verify``, ``medmark verify --tau/--alpha``).
+    The tests' margins (tau, key_tau) and level alpha are not recorded: they are chosen at
+    verification (config ``verify``, ``medmark verify --tau/--key-tau/--alpha``).
     """
     owner_dir = Path(owner_dir)
     check_separate(owner_dir, release_dir)
@@ -600,7 +599,6 @@ def write_owner_dir(
         "verification_ids": verification[str(resolution)]["ids"],
         "verification": verification,
         "verification_file": verification[str(resolution)]["file"],
-        "key_tau": float(key_tau),
         "verify_seed": int(verify_seed),
         "resolution": int(resolution),
         "budget": method.budget(),

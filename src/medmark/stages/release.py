@@ -49,8 +49,8 @@ def release_stage(
     """The release rule of every method: the registered ``method`` built with ``key`` and fitted
     on the release split (:meth:`WatermarkMethod.for_release`), then released.
 
-    ``verify_cfg`` holds what the owner's verification files need (``n_images``, ``seed``,
-    ``key_tau`` of the config's ``verify`` section); tau and alpha belong to verification."""
+    ``verify_cfg`` holds what the owner's verification files need (``n_images`` and ``seed``
+    of the config's ``verify`` section); tau, key_tau and alpha belong to verification."""
     set_threads(threads)
     seed_everything(key)
     dev = resolve_device(device)
@@ -96,7 +96,6 @@ def release_stage(
         resolution=working_resolution,
         n_verify=verify_cfg["n_images"],
         verify_seed=verify_cfg["seed"],
-        key_tau=float(verify_cfg["key_tau"]),
     )
     write_quality(prep, release_dir, owner["poisoned_ids"], quality_csv)
     return owner
