@@ -45,6 +45,7 @@ localrules:
     report_methods,
     report_medlocker,
     report_comparison,
+    report_method,
     baselines,
 
 

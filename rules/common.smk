@@ -554,6 +554,56 @@ def attack_names(c):
     return ["none"] + c["attacks"]["model"] + c["attacks"]["query"]
 
 
+def check_attacks():
+    """Every attack name of every variant parses (src/medmark/attacks/spec.py), the ``model`` and
+    ``query`` lists hold attacks of their kind and ``comparison`` holds attacks (not ``none``):
+    one error listing every bad entry, before any job runs."""
+    bad = []
+    for name, c in VARIANT_CONFIGS.items():
+        a = c["attacks"]
+        for field, kinds in (
+            ("model", {"model"}),
+            ("query", {"query"}),
+            ("comparison", {"model", "query"}),
+        ):
+            for i, text in enumerate(a[field]):
+                where = f"variant {name!r}: attacks.{field}[{i}] = {text!r}"
+                try:
+                    kind = attack_kind(text)
+                except ValueError as e:
+                    bad.append(f"{where}: {str(e).splitlines()[0]}")
+                    continue
+                if kind not in kinds:
+                    bad.append(f"{where}: a {kind!r} attack, expected {sorted(kinds)}")
+    if bad:
+        raise ValueError(
+            "bad attack names (grammar: src/medmark/attacks/spec.py):\n  "
+            + "\n  ".join(bad)
+        )
+
+
+check_attacks()
+
+
+def comparison_attack_targets(variant, method):
+    """Verdicts of the methods' comparison under attack: each of ``attacks.comparison`` on the
+    Malicious models of ``attacks.archs`` (first ``attacks.seeds`` seeds) of ``method``.
+    """
+    c = vcfg(variant)
+    archs = c["attacks"]["archs"] or c["suspects"]["archs"]
+    n = min(len(seeds_for(c, "Malicious")), c["attacks"]["seeds"])
+    return [
+        mfile(
+            variant,
+            method,
+            f"verify/Malicious/{arch}/seed{seed}/{attack}/summary.json",
+        )
+        for arch in archs
+        for seed in range(n)
+        for attack in c["attacks"]["comparison"]
+    ]
+
+
 def attack_targets(variant="main", method="xmark"):
     c = vcfg(variant)
     archs = c["attacks"]["archs"] or c["suspects"]["archs"]

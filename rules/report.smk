@@ -220,8 +220,14 @@ rule report_comparison:
         quality=lambda wc: [
             mfile(wc.variant, m, "owner/owner/quality.csv") for m in COMPARISON_METHODS
         ],
+        attacked=lambda wc: [
+            f
+            for m in COMPARISON_METHODS
+            for f in comparison_attack_targets(wc.variant, m)
+        ],
     output:
         csv="results/{variant}/report/comparison.csv",
+        attacks_csv="results/{variant}/report/comparison_attacks.csv",
         md=report(
             "results/{variant}/report/comparison.md",
             caption="../report/comparison.rst",
@@ -242,12 +248,39 @@ rule report_comparison:
             m: METHOD_REGISTRY.METHODS[m].label_mode for m in COMPARISON_METHODS
         },
         alpha=lambda wc: vcfg(wc.variant)["verify"]["alpha"],
+        attacks=lambda wc: vcfg(wc.variant)["attacks"]["comparison"],
     script:
         "../scripts/report_comparison.py"
 
 
-# Every baseline through release -> suspects -> verification, beside X-Mark (not in `all`: the
-# embedded default's time budget holds X-Mark only; README "Methods").
+# One page per method in the HTML report (category "method: {method}").
+rule report_method:
+    input:
+        summaries=lambda wc: verify_targets(wc.variant, wc.method)
+        + comparison_attack_targets(wc.variant, wc.method),
+    output:
+        md=report(
+            mpattern("report/card.md"),
+            caption="../report/method_card.rst",
+            category="method: {method}",
+            subcategory="{variant}",
+            labels={"variant": "{variant}", "what": "verification and attacks"},
+        ),
+    log:
+        mlog("report/card"),
+    conda:
+        conda_env()
+    params:
+        label_mode=lambda wc: METHOD_REGISTRY.METHODS[wc.method].label_mode,
+        verification=lambda wc: METHOD_REGISTRY.METHODS[wc.method].verification,
+        alpha=lambda wc: vcfg(wc.variant)["verify"]["alpha"],
+    script:
+        "../scripts/report_method.py"
+
+
+# Every baseline through release -> suspects -> verification -> the comparison's attacks, beside
+# X-Mark (not in `all`: the embedded default's time budget holds X-Mark only; README "Methods").
 rule baselines:
     input:
         "results/main/report/comparison.md",
+        [mfile("main", m, "report/card.md") for m in COMPARISON_METHODS],

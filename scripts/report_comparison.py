@@ -1,11 +1,19 @@
-"""Snakemake wrapper: the comparison of methods (rows = methods), CSV and Markdown."""
+"""Snakemake wrapper: the comparison of methods (rows = methods), un-attacked and under attack."""
 
 import pandas as pd
 
+from medmark.io import atomic_path
 from medmark.logs import script_logging
-from medmark.report import collect_summaries, comparison_markdown, comparison_table, write_table
+from medmark.report import (
+    collect_summaries,
+    comparison_attack_table,
+    comparison_markdown,
+    comparison_table,
+    write_table,
+)
 
 p = snakemake.params
+out = snakemake.output
 with script_logging(snakemake.log[0]):
     quality = {
         m: pd.read_csv(path) for m, path in zip(p.methods, snakemake.input.quality, strict=True)
@@ -13,6 +21,9 @@ with script_logging(snakemake.log[0]):
     table = comparison_table(
         collect_summaries(snakemake.input.summaries), quality, p.resolution, p.label_modes
     )
-    write_table(
-        table, snakemake.output.csv, snakemake.output.md, comparison_markdown(table, p.alpha)
+    attacked = comparison_attack_table(
+        collect_summaries([*snakemake.input.summaries, *snakemake.input.attacked]), p.attacks
     )
+    with atomic_path(out.attacks_csv) as tmp:
+        attacked.to_csv(tmp, index=False)
+    write_table(table, out.csv, out.md, comparison_markdown(table, p.alpha, attacked))

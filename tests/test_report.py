@@ -4,10 +4,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from medmark.report import (
     attack_table,
     collect_summaries,
+    comparison_attack_table,
     comparison_markdown,
     comparison_table,
     markdown_table,
@@ -124,6 +126,74 @@ def test_comparison_has_one_row_per_method_with_its_own_rates(tmp_path):
     assert t.loc["badnets", "PSNR"] == 41.0 and abs(t.loc["xmark", "1-SSIM"] - 0.01) < 1e-12
     assert np.isnan(t.loc["xmark", "FPR_Ind-M"])  # no Ind-M models given
     assert "| xmark | clean |" in comparison_markdown(table, 0.01)
+
+
+def test_comparison_under_attack_is_per_method_over_the_attacked_models(tmp_path):
+    """Per method, the un-attacked and attacked columns are over the same Malicious models (the
+    attacked ones): a second, un-attacked model of xmark does not enter its ``none`` column, and
+    one method's verdicts never enter another's row."""
+    spec = {  # method -> (p none seed 0, p jpeg seed 0, p prune seed 0, BA prune)
+        "xmark": (1e-6, 1e-4, 0.5, 0.7),
+        "badnets": (1e-5, 0.3, 0.6, 0.6),
+    }
+    paths = []
+    for method, (p0, pj, pp, ba) in spec.items():
+        kw = {"method": method}
+        paths.append(_summary(tmp_path, f"{method}_n0", "Malicious", "resnet18", 0, p0, **kw))
+        paths.append(_summary(tmp_path, f"{method}_j0", "Malicious", "resnet18", 0, pj, attack="jpeg_q50", **kw))  # fmt: skip
+        paths.append(_summary(tmp_path, f"{method}_p0", "Malicious", "resnet18", 0, pp, attack="prune_0.5", ba=ba, **kw))  # fmt: skip
+        paths.append(_summary(tmp_path, f"{method}_i0", "Ind-M", "resnet18", 0, 0.9, attack="jpeg_q50", **kw))  # fmt: skip
+    paths.append(
+        _summary(tmp_path, "x_n1", "Malicious", "resnet18", 1, 0.5, ba=0.1)
+    )  # not attacked
+    t = comparison_attack_table(collect_summaries(paths), ["jpeg_q50", "prune_0.5"])
+    t = t.set_index("method")
+    assert list(t.index) == ["xmark", "badnets"] and (t["models"] == 1).all()
+    assert t.loc["xmark", "detected_none"] == 1.0 and t.loc["xmark", "BA_none"] == 0.8
+    assert t.loc["xmark", "detected_jpeg_q50"] == 1.0 and t.loc["badnets", "detected_jpeg_q50"] == 0
+    assert t.loc["xmark", "dP_prune_0.5"] == 0.0 and t.loc["badnets", "BA_prune_0.5"] == 0.6
+    plain = comparison_table(
+        collect_summaries(paths),
+        {
+            m: pd.DataFrame({"resolution": [64], "psnr_mean": [40.0], "ssim_mean": [0.99]})
+            for m in spec
+        },
+        64,
+        {"xmark": "clean", "badnets": "poison"},
+    )
+    md = comparison_markdown(plain, 0.01, t.reset_index())
+    assert md.index("| xmark | clean |") < md.index("## Under attack") < md.index("| xmark | 1 |")
+
+
+def test_comparison_under_attack_refuses_a_missing_verdict(tmp_path):
+    """An attacked model without its un-attacked verdict is named, not averaged over less."""
+    paths = [
+        _summary(tmp_path, "j", "Malicious", "resnet18", 0, 1e-4, attack="jpeg_q50"),
+        _summary(tmp_path, "n1", "Malicious", "resnet18", 1, 1e-4),
+    ]
+    with pytest.raises(ValueError, match=r"xmark: no 'none' verdict .*\('resnet18', 0\)"):
+        comparison_attack_table(collect_summaries(paths), ["jpeg_q50"])
+
+
+def test_method_card_holds_its_own_verdicts_and_attack_rows(tmp_path):
+    """A method's page of the HTML report: its scenario rows, its attack rows, nobody else's."""
+    from medmark.report import method_card_markdown
+
+    paths = [
+        _summary(tmp_path, "m", "Malicious", "resnet18", 0, 1e-6, method="badnets"),
+        _summary(tmp_path, "i", "Ind-M", "resnet18", 0, 0.4, method="badnets"),
+        _summary(
+            tmp_path, "a", "Malicious", "resnet18", 0, 0.3, attack="jpeg_q50", method="badnets"
+        ),  # fmt: skip
+    ]
+    tidy = collect_summaries(paths)
+    md = method_card_markdown(tidy, "badnets", "poison", "targeted", 0.01)
+    assert md.startswith("# badnets") and "labels: poison" in md
+    plain, attacked = md.split("## Under attack")
+    assert "| Malicious |" in plain and "| Ind-M |" in plain and "jpeg_q50" not in plain
+    assert "| jpeg_q50 | Malicious | resnet18 | 1 |" in attacked
+    with pytest.raises(ValueError, match="verdicts of \\['badnets'\\]"):
+        method_card_markdown(tidy, "xmark", "clean", "targeted", 0.01)
 
 
 def test_methods_page_puts_xmark_and_medlocker_side_by_side(tmp_path):

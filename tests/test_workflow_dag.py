@@ -252,7 +252,8 @@ def _planned_outputs(out: str) -> list[str]:
 @pytest.mark.snakemake
 def test_baselines_target_plans_the_baselines_beside_xmark(wf):
     """`baselines` builds every registered baseline's releases (owner + independent keys),
-    suspects and verification, and the comparison; nothing of another variant."""
+    suspects and verification, the comparison's attacks on every method's Malicious models, one
+    report card per method and the comparison; nothing of another variant."""
     from medmark.methods.registry import BASELINES
 
     out = run_snakemake(wf, "-n", "--cores", "2", "baselines").stdout
@@ -261,6 +262,18 @@ def test_baselines_target_plans_the_baselines_beside_xmark(wf):
     keys = len(cfg["xmark"]["independent_keys"])
     assert jobs["method_release"] == len(BASELINES) * (1 + keys)
     assert jobs["report_comparison"] == 1
+    methods_compared = 1 + len(BASELINES)
+    comparison = (
+        cfg["attacks"].get("comparison")
+        or yaml.safe_load((REPO / "config/schema.yaml").read_text())["properties"]["attacks"][
+            "properties"
+        ]["comparison"]["default"]
+    )
+    repairs = [a for a in comparison if a.startswith(("finetune", "prune", "distill"))]
+    assert repairs and len(repairs) < len(comparison)  # both kinds of attack are compared
+    archs = cfg["attacks"]["archs"]
+    assert jobs["attack_model"] == methods_compared * len(repairs) * len(archs)
+    assert jobs["report_method"] == methods_compared
     paths = _planned_outputs(out)
     methods = {m[1] for p in paths if (m := re.match(r"results/main/(\w+)/", p))}
     assert methods - {"report"} == {"xmark", *BASELINES}
@@ -270,6 +283,42 @@ def test_baselines_target_plans_the_baselines_beside_xmark(wf):
         assert f"results/main/{m}/owner/release/r64.h5" in paths
         assert f"results/main/{m}/suspects/Malicious/resnet18/seed0/model.pt" in paths
         assert f"results/main/{m}/verify/Ind-W/resnet18/seed0/none/summary.json" in paths
+        assert f"results/main/{m}/report/card.md" in paths
+        for attack in comparison:
+            assert (
+                f"results/main/{m}/verify/Malicious/resnet18/seed0/{attack}/summary.json" in paths
+            )
+        for attack in repairs:
+            assert f"results/main/{m}/attacked/Malicious/resnet18/seed0/{attack}/model.pt" in paths
+
+
+@pytest.mark.snakemake
+def test_bad_attack_names_are_all_reported_before_any_job(wf, tmp_path):
+    """Unknown attacks, an attack of the wrong kind in `model:`/`query:` and `none` in the
+    comparison: one error naming every bad entry, no job planned."""
+    bad = tmp_path / "attacks.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "attacks": {
+                    "model": ["prune_0.5", "jpeg_q50"],
+                    "query": ["blurr_s1"],
+                    "comparison": ["none", "finetune_frac0.1", "jpeg_q500"],
+                }
+            }
+        )
+    )
+    proc = run_snakemake(wf, "-n", "--cores", "1", "all", "--configfile", str(bad), check=False)
+    text = proc.stdout
+    assert proc.returncode != 0 and "Job stats" not in text
+    for entry in (
+        "attacks.model[1] = 'jpeg_q50'",
+        "attacks.query[0] = 'blurr_s1'",
+        "attacks.comparison[0] = 'none'",
+        "attacks.comparison[2] = 'jpeg_q500'",
+    ):
+        assert entry in text, entry
+    assert "attacks.model[0]" not in text and "attacks.comparison[1]" not in text
 
 
 @pytest.mark.snakemake

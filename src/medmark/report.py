@@ -210,8 +210,11 @@ def comparison_table(
     return pd.DataFrame(rows)
 
 
-def comparison_markdown(table: pd.DataFrame, alpha: float) -> str:
-    """The comparison table with its legend."""
+def comparison_markdown(
+    table: pd.DataFrame, alpha: float, attacked: pd.DataFrame | None = None
+) -> str:
+    """The comparison table with its legend, then (``attacked``, :func:`comparison_attack_table`)
+    the comparison under attack with its own."""
     legend = (
         f"\nOne row per method, un-attacked suspects, α = {alpha}. BA, WSR, dP (mean "
         "P(y_t|x') − P(y_t|x)), p (median of the method's verification test) and detected (share "
@@ -220,7 +223,85 @@ def comparison_markdown(table: pd.DataFrame, alpha: float) -> str:
         "(the stand-in for LPIPS) between clean and marked release images at the working "
         "resolution. labels: clean = clean-label, poison = poison-label.\n"
     )
-    return markdown_table(table) + legend
+    md = markdown_table(table) + legend
+    if attacked is None:
+        return md
+    attack_legend = (
+        f"\nOne row per method, α = {alpha}: over the attacked Malicious models (models), dP = "
+        "mean ΔP, detected = share of 'detected' verdicts and BA = benign accuracy, un-attacked "
+        "(none) and under each attack (docs/methods/attacks.md; a query-time attack transforms "
+        "every query, the test images of BA too).\n"
+    )
+    return md + "\n## Under attack\n\n" + markdown_table(attacked) + attack_legend
+
+
+def comparison_attack_table(tidy: pd.DataFrame, attacks: Sequence[str]) -> pd.DataFrame:
+    """The comparison's attack rows (X-Mark paper, robustness tables): one row per method.
+
+    Over the Malicious models of each method that were attacked (those with a verdict under any
+    of ``attacks`` in ``tidy``): ΔP mean, share of "detected" verdicts and BA, un-attacked
+    (``none``) and under each attack, so every column is over the same models. A model missing
+    one of these verdicts is an error naming it (a partial row would compare other models).
+    """
+    mal = tidy[tidy["scenario"] == "Malicious"]
+    names = ["none", *attacks]
+    rows = []
+    for method in dict.fromkeys(mal["method"]):
+        g = mal[mal["method"] == method]
+        models = sorted(set(map(tuple, g[g["attack"].isin(attacks)][["arch", "seed"]].values)))
+        chosen = set(models)
+        if not models:
+            continue
+        rec: dict[str, object] = {"method": method, "models": len(models)}
+        for attack in names:
+            ga = g[g["attack"] == attack]
+            have = set(map(tuple, ga[["arch", "seed"]].values))
+            missing = [m for m in models if m not in have]
+            if missing:
+                raise ValueError(
+                    f"{method}: no {attack!r} verdict for the Malicious models {missing}"
+                )
+            ga = ga[[(a, s) in chosen for a, s in zip(ga["arch"], ga["seed"], strict=True)]]
+            rec[f"dP_{attack}"] = ga["delta_p"].mean()
+            rec[f"detected_{attack}"] = float(ga["detected"].astype(float).mean())
+            rec[f"BA_{attack}"] = ga["benign_accuracy"].mean()
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+CARD_COLUMNS = [
+    "scenario", "arch", "models", "BA", "WSR", "dP", "dP_max", "p_median", "p_max", "key_p_max",
+    "rate_detected",
+]  # fmt: skip
+CARD_ATTACK_COLUMNS = [
+    "attack", "scenario", "arch", "models", "BA", "BA_drop", "dP", "p_median", "rate_detected",
+]  # fmt: skip
+
+
+def method_card_markdown(
+    tidy: pd.DataFrame, method: str, label_mode: str, verification: str, alpha: float
+) -> str:
+    """One method's page of the HTML report: its verification table (un-attacked suspects,
+    :func:`scenario_table`) and, when it was attacked, its attack rows (:func:`attack_table`).
+    ``tidy`` must hold this method's verdicts only."""
+    others = sorted(set(tidy["method"]) - {method})
+    if others:
+        raise ValueError(f"the card of {method!r} was given verdicts of {others}")
+    plain = tidy[tidy["attack"] == "none"]
+    lines = [
+        f"# {method}",
+        "",
+        f"labels: {label_mode}; verification test: {verification}; α = {alpha}.",
+        "",
+        "## Verification (no attack)",
+        "",
+        markdown_table(scenario_table(plain, alpha), CARD_COLUMNS),
+    ]
+    if (tidy["attack"] != "none").any():
+        table = attack_table(tidy, alpha)
+        table = table[table["attack"] != "none"]
+        lines += ["", "## Under attack", "", markdown_table(table, CARD_ATTACK_COLUMNS)]
+    return "\n".join(lines) + "\n"
 
 
 def plot_pvalues(df: pd.DataFrame, alpha: float, out: str | Path) -> None:
