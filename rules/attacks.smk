@@ -26,6 +26,7 @@ rule attack_model:
             "attack_model",
             config["train_threads"],
             config["suspects"]["train"]["num_workers"],
+            resolution=classifier_resolution,
         ),
     params:
         clean_split=lambda wc: vcfg(wc.variant)["attacks"]["clean_split"],

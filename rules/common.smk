@@ -449,10 +449,22 @@ def suspect_release_wm(c, scenario, seed):
 CLEAN_SPLIT = {"Ind-M": "release", "Ind-D": "independent"}
 
 
+def classifier_resolution(wc):
+    """The largest image side a job training or querying a suspect-like classifier holds: its
+    data's and its input's (the job's own wildcards, else its variant's config)."""
+    if "res" in wc.keys() and "dres" in wc.keys():
+        return max(int(wc.res), int(wc.dres))
+    c = vcfg(wc.variant) if "variant" in wc.keys() else config
+    return max(c["suspects"]["resolution"], suspect_data_res(c))
+
+
 def suspect_resources():
     """Every classifier-training rule's request (docs/cluster.md, CheXpert-scale plan)."""
     return rule_resources(
-        "suspect", config["train_threads"], config["suspects"]["train"]["num_workers"]
+        "suspect",
+        config["train_threads"],
+        config["suspects"]["train"]["num_workers"],
+        resolution=classifier_resolution,
     )
 
 

@@ -78,7 +78,7 @@ rule preprocess:
         conda_env()
     threads: config["preprocess"]["workers"]
     resources:
-        **rule_resources("preprocess"),
+        **rule_resources("preprocess", resolution=lambda wc: int(wc.res)),
     params:
         resolution=lambda wc: int(wc.res),
         compression_level=config["preprocess"]["compression_level"],

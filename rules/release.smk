@@ -18,10 +18,7 @@ rule method_release:
         conda_env()
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
-        cpus_per_gpu=2,
+        **rule_resources("release", 1, resolution=max(RELEASE_RES)),
     params:
         **release_params(),
         method=lambda wc: wc.method,

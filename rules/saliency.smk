@@ -19,6 +19,7 @@ rule surrogate:
             "surrogate",
             config["train_threads"],
             config["surrogate"]["train"]["num_workers"],
+            resolution=lambda wc: int(wc.sres),
         ),
     params:
         arch=lambda wc: wc.arch,
@@ -47,7 +48,7 @@ rule saliency:
         conda_env()
     threads: 2
     resources:
-        **rule_resources("saliency", 2),
+        **rule_resources("saliency", 2, resolution=lambda wc: int(wc.res)),
     params:
         target_layer=config["saliency"]["target_layer"],
         batch_size=config["saliency"]["batch_size"],

@@ -20,7 +20,7 @@ rule verify:
         conda_env()
     threads: 1
     resources:
-        **rule_resources("verify"),
+        **rule_resources("verify", resolution=classifier_resolution),
     params:
         verify=lambda wc: vcfg(wc.variant)["verify"],
         input_resolution=lambda wc: vcfg(wc.variant)["suspects"]["resolution"],

@@ -18,7 +18,10 @@ rule xmark_generator:
     threads: config["train_threads"]
     resources:
         **rule_resources(
-            "xmark_generator", config["train_threads"], config["xmark"]["num_workers"]
+            "xmark_generator",
+            config["train_threads"],
+            config["xmark"]["num_workers"],
+            resolution=xres,
         ),
     params:
         xmark=lambda wc: vcfg(wc.variant)["xmark"],
@@ -53,7 +56,7 @@ rule xmark_release:
         conda_env()
     threads: 2
     resources:
-        **rule_resources("xmark_release", 2),
+        **rule_resources("release", 2, resolution=max(RELEASE_RES)),
     params:
         **release_params(method="xmark"),
         method="xmark",
@@ -176,7 +179,7 @@ rule xmark_diagnostics:
         conda_env()
     threads: 1
     resources:
-        **rule_resources("xmark_diagnostics"),
+        **rule_resources("xmark_diagnostics", resolution=classifier_resolution),
     params:
         indep_wms=lambda wc: indep_wms(vcfg(wc.variant)),
         archs=lambda wc: vcfg(wc.variant)["suspects"]["archs"],

@@ -11,6 +11,7 @@ says what to set, never a silent submission under a guessed account.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -163,40 +164,82 @@ def package_source_hash(package_dir: str | os.PathLike[str] | None = None) -> st
 # --------------------------------------------------------------------------- resources
 
 
+#: Peak RSS (MB) of each stage as a whole process, measured by ``benchmarks/scale.py`` on two CPU
+#: cores with images of :data:`MEASURED_RESOLUTION` px and the embedded default's batch sizes: the
+#: larger of N = 1,000 and N = 4,000 (README "Scale benchmark"; flat in N, every ratio <= 1.11).
+MEASURED_PEAK_MB: dict[str, int] = {
+    "ingest": 690,
+    "preprocess": 705,
+    "saliency": 1460,
+    "generator": 5171,
+    "release": 3580,
+    "suspect": 2573,
+    "verify": 2045,
+}
+MEASURED_RESOLUTION = 224
+BASE_MB = 690
+"""A process with torch and the package imported and no images held (ingest's measured peak):
+the part of a peak that does not grow with the image size."""
+MARGIN = 1.5
+CUDA_MB = 3000
+"""Host memory of the CUDA runtime and cuDNN's workspaces in a GPU job (assumed, not measured)."""
+MIN_MB = 2000
+
+
+def planned_mem_mb(stage: str, resolution: int, gpu: bool) -> int:
+    """``mem_mb`` of a job of ``stage`` holding images of side ``resolution`` (docs/cluster.md).
+
+    The measured peak's part above :data:`BASE_MB` scales with the pixels per image
+    ``(resolution / MEASURED_RESOLUTION)**2`` (batches and blocks have a fixed number of images,
+    so nothing scales with N); times :data:`MARGIN`, rounded up to 100 MB, plus :data:`CUDA_MB`
+    on GPU rules; at least :data:`MIN_MB`.
+    """
+    if resolution < 1:
+        raise ValueError(f"{stage}: resolution must be >= 1, got {resolution}")
+    scale = (resolution / MEASURED_RESOLUTION) ** 2
+    grown = BASE_MB + max(MEASURED_PEAK_MB[stage] - BASE_MB, 0) * scale
+    mb = math.ceil(grown * MARGIN / 100) * 100 + (CUDA_MB if gpu else 0)
+    return max(mb, MIN_MB)
+
+
 @dataclass(frozen=True)
 class JobPlan:
     """One rule's Slurm request, from the CheXpert-scale plan (docs/cluster.md).
 
-    ``mem_mb``: the stage's peak RSS measured by ``benchmarks/scale.py`` (flat in the dataset
-    size) with a margin, plus the CUDA runtime on GPU rules; each DataLoader worker adds
+    ``measured``: the stage of :data:`MEASURED_PEAK_MB` whose peak sets ``mem_mb``
+    (:func:`planned_mem_mb` at the job's image size); each DataLoader worker adds
     :data:`WORKER_MB`. ``runtime``: minutes for the first attempt, from the measured per-image
     times and the models' FLOP counts at CheXpert size; ``per_attempt`` rules (training) ask
     for ``runtime * attempt`` on their retries. A GPU rule asks for one GPU and
     ``cpus_per_gpu`` = its torch threads + its loader workers.
     """
 
-    mem_mb: int
+    measured: str
     runtime: int
     gpu: bool = False
     per_attempt: bool = False
+
+    def mem_mb(self, resolution: int = MEASURED_RESOLUTION) -> int:
+        return planned_mem_mb(self.measured, resolution, self.gpu)
 
 
 WORKER_MB = 500  # one DataLoader worker process (torch imported, one batch in flight)
 
 JOB_PLAN: dict[str, JobPlan] = {
-    "ingest": JobPlan(mem_mb=2000, runtime=60),
-    "preprocess": JobPlan(mem_mb=2000, runtime=120),
-    "surrogate": JobPlan(mem_mb=6000, runtime=60, gpu=True, per_attempt=True),
-    "saliency": JobPlan(mem_mb=6000, runtime=120, gpu=True),
-    "xmark_generator": JobPlan(mem_mb=8000, runtime=60, gpu=True, per_attempt=True),
-    "xmark_release": JobPlan(mem_mb=8000, runtime=90, gpu=True),
-    "suspect": JobPlan(mem_mb=6000, runtime=120, gpu=True, per_attempt=True),
-    "attack_model": JobPlan(mem_mb=6000, runtime=120, gpu=True, per_attempt=True),
-    "verify": JobPlan(mem_mb=2000, runtime=120),
-    "xmark_diagnostics": JobPlan(mem_mb=3000, runtime=60),
+    "ingest": JobPlan("ingest", runtime=60),
+    "preprocess": JobPlan("preprocess", runtime=120),
+    "surrogate": JobPlan("suspect", runtime=60, gpu=True, per_attempt=True),
+    "saliency": JobPlan("saliency", runtime=120, gpu=True),
+    "xmark_generator": JobPlan("generator", runtime=60, gpu=True, per_attempt=True),
+    "release": JobPlan("release", runtime=90, gpu=True),
+    "suspect": JobPlan("suspect", runtime=120, gpu=True, per_attempt=True),
+    "attack_model": JobPlan("suspect", runtime=120, gpu=True, per_attempt=True),
+    "verify": JobPlan("verify", runtime=120),
+    "xmark_diagnostics": JobPlan("verify", runtime=60),
 }
 """Per-rule requests; ``suspect`` serves every classifier-training rule (suspects, clean
-references, the release proxy). docs/cluster.md's plan table shows the same values (tested)."""
+references, the release proxy), ``release`` every method's release rule. docs/cluster.md's plan
+table shows the same values at the CheXpert preset's image sizes (tested)."""
 
 
 def _times_attempt(minutes: int) -> Callable[[Any, int], int]:
@@ -206,12 +249,28 @@ def _times_attempt(minutes: int) -> Callable[[Any, int], int]:
     return runtime
 
 
-def rule_resources(rule: str, threads: int = 1, workers: int = 0) -> dict[str, Any]:
+def rule_resources(
+    rule: str,
+    threads: int = 1,
+    workers: int = 0,
+    resolution: int | Callable[[Any], int] = MEASURED_RESOLUTION,
+) -> dict[str, Any]:
     """The ``resources:`` of ``rule`` (a key of :data:`JOB_PLAN`) whose job runs ``threads``
-    torch threads and ``workers`` DataLoader worker processes."""
+    torch threads and ``workers`` DataLoader worker processes on images of side ``resolution``
+    (a number, or a function of the job's wildcards)."""
     plan = JOB_PLAN[rule]
+    extra = WORKER_MB * workers
+    mem: int | Callable[[Any], int]
+    if callable(resolution):
+        res_of = resolution
+
+        def mem(wildcards: Any) -> int:
+            return plan.mem_mb(int(res_of(wildcards))) + extra
+
+    else:
+        mem = plan.mem_mb(resolution) + extra
     out: dict[str, Any] = {
-        "mem_mb": plan.mem_mb + WORKER_MB * workers,
+        "mem_mb": mem,
         "runtime": _times_attempt(plan.runtime) if plan.per_attempt else plan.runtime,
     }
     if plan.gpu:
