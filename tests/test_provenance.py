@@ -161,6 +161,7 @@ def test_verdict_rederived_from_per_image_rows(tmp_path: Path, hard_label: bool)
         0.01,
         hard_label=hard_label,
         decoy_images=decoys,
+        key_tau=0.1,
     )
     path = tmp_path / "results" / "v" / "summary.json"
     write_verification(summary, rows, path, path.with_name("per_image.csv"))

@@ -429,7 +429,7 @@ def test_verdict_needs_the_tau_test_and_the_key_test() -> None:
     owner = clean + np.float32(0.35) + (0.01 * rng.random((m, 1, 8, 8))).astype(np.float32)
     family = np.stack([owner + np.float32(0.005 * k) for k in range(3)])
     key_only = np.stack([clean + np.float32(0.01 * k) for k in range(3)])
-    kw = dict(target_class=1, tau=0.2, alpha=0.01)
+    kw = dict(target_class=1, tau=0.2, alpha=0.01, key_tau=0.1)
     s_fam, _ = verify_suspect(_MeanBox(), clean, owner, None, None, decoy_images=family, **kw)
     assert s_fam["tau_test_significant"] and s_fam["verdict"] == "not detected"
     assert not s_fam["key_test"]["significant"] and s_fam["verdict_rule"] == "tau_test and key_test"
@@ -442,3 +442,6 @@ def test_verdict_needs_the_tau_test_and_the_key_test() -> None:
     s_none, _ = verify_suspect(_MeanBox(), clean, owner, None, None, **kw)
     assert s_none["verdict"] == "detected" and s_none["verdict_rule"] == "tau_test"
     assert "no_decoys_key_test_skipped" in s_none["flags"]
+    no_margin = {k: v for k, v in kw.items() if k != "key_tau"}
+    with pytest.raises(ValueError, match="key_tau must be given"):  # no hidden default margin
+        verify_suspect(_MeanBox(), clean, owner, None, None, decoy_images=family, **no_margin)
