@@ -454,7 +454,7 @@ def classifier_resolution(wc):
     data's and its input's (the job's own wildcards, else its variant's config)."""
     if "res" in wc.keys() and "dres" in wc.keys():
         return max(int(wc.res), int(wc.dres))
-    c = vcfg(wc.variant) if "variant" in wc.keys() else config
+    c = vcfg(wc.variant)
     return max(c["suspects"]["resolution"], suspect_data_res(c))
 
 
@@ -597,34 +597,18 @@ def check_attacks():
 check_attacks()
 
 
-def comparison_attack_targets(variant, method):
-    """Verdicts of the methods' comparison under attack: each of ``attacks.comparison`` on the
-    Malicious models of ``attacks.archs`` (first ``attacks.seeds`` seeds) of ``method``.
-    """
-    c = vcfg(variant)
-    archs = c["attacks"]["archs"] or c["suspects"]["archs"]
-    n = min(len(seeds_for(c, "Malicious")), c["attacks"]["seeds"])
-    return [
-        mfile(
-            variant,
-            method,
-            f"verify/Malicious/{arch}/seed{seed}/{attack}/summary.json",
-        )
-        for arch in archs
-        for seed in range(n)
-        for attack in c["attacks"]["comparison"]
-    ]
-
-
-def attack_targets(variant="main", method="xmark"):
+def attack_targets(variant="main", method="xmark", scenarios=None, attacks=None):
+    """Verdicts of attacked suspects: ``attacks`` (default: none + attacks.model + .query) on
+    the first ``attacks.seeds`` models of ``scenarios`` (default attacks.scenarios) and of
+    ``attacks.archs``."""
     c = vcfg(variant)
     archs = c["attacks"]["archs"] or c["suspects"]["archs"]
     out = []
-    for scenario in c["attacks"]["scenarios"]:
+    for scenario in scenarios or c["attacks"]["scenarios"]:
         n = len(seeds_for(c, scenario))
         for arch in archs:
             for seed in range(min(n, c["attacks"]["seeds"])):
-                for attack in attack_names(c):
+                for attack in attacks or attack_names(c):
                     out.append(
                         mfile(
                             variant,
@@ -633,6 +617,14 @@ def attack_targets(variant="main", method="xmark"):
                         )
                     )
     return out
+
+
+def comparison_attack_targets(variant, method):
+    """The methods' comparison under attack: ``attacks.comparison`` on ``method``'s Malicious
+    models."""
+    return attack_targets(
+        variant, method, ["Malicious"], vcfg(variant)["attacks"]["comparison"]
+    )
 
 
 # ---- helpers of rules/report.smk ----

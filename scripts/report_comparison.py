@@ -18,12 +18,9 @@ with script_logging(snakemake.log[0]):
     quality = {
         m: pd.read_csv(path) for m, path in zip(p.methods, snakemake.input.quality, strict=True)
     }
-    table = comparison_table(
-        collect_summaries(snakemake.input.summaries), quality, p.resolution, p.label_modes
-    )
-    attacked = comparison_attack_table(
-        collect_summaries([*snakemake.input.summaries, *snakemake.input.attacked]), p.attacks
-    )
+    tidy = collect_summaries([*snakemake.input.summaries, *snakemake.input.attacked])
+    table = comparison_table(tidy, quality, p.resolution, p.label_modes)  # un-attacked rows
+    attacked = comparison_attack_table(tidy, p.attacks)
     with atomic_path(out.attacks_csv) as tmp:
         attacked.to_csv(tmp, index=False)
     write_table(table, out.csv, out.md, comparison_markdown(table, p.alpha, attacked))

@@ -5,6 +5,7 @@ import re
 import pytest
 import yaml
 
+from medmark.attacks.spec import attack_kind
 from tests.slurm.workflow_helpers import REPO
 from tests.workflow_utils import copy_workflow, run_snakemake
 
@@ -269,7 +270,7 @@ def test_baselines_target_plans_the_baselines_beside_xmark(wf):
             "properties"
         ]["comparison"]["default"]
     )
-    repairs = [a for a in comparison if a.startswith(("finetune", "prune", "distill"))]
+    repairs = [a for a in comparison if attack_kind(a) == "model"]
     assert repairs and len(repairs) < len(comparison)  # both kinds of attack are compared
     archs = cfg["attacks"]["archs"]
     assert jobs["attack_model"] == methods_compared * len(repairs) * len(archs)

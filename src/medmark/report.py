@@ -248,20 +248,18 @@ def comparison_attack_table(tidy: pd.DataFrame, attacks: Sequence[str]) -> pd.Da
     rows = []
     for method in dict.fromkeys(mal["method"]):
         g = mal[mal["method"] == method]
-        models = sorted(set(map(tuple, g[g["attack"].isin(attacks)][["arch", "seed"]].values)))
-        chosen = set(models)
-        if not models:
+        model = pd.Series(list(zip(g["arch"], g["seed"], strict=True)), index=g.index)
+        chosen = set(model[g["attack"].isin(attacks)])
+        if not chosen:
             continue
-        rec: dict[str, object] = {"method": method, "models": len(models)}
+        rec: dict[str, object] = {"method": method, "models": len(chosen)}
         for attack in names:
-            ga = g[g["attack"] == attack]
-            have = set(map(tuple, ga[["arch", "seed"]].values))
-            missing = [m for m in models if m not in have]
+            ga = g[(g["attack"] == attack) & model.isin(chosen)]
+            missing = sorted(chosen - set(model[ga.index]))
             if missing:
                 raise ValueError(
                     f"{method}: no {attack!r} verdict for the Malicious models {missing}"
                 )
-            ga = ga[[(a, s) in chosen for a, s in zip(ga["arch"], ga["seed"], strict=True)]]
             rec[f"dP_{attack}"] = ga["delta_p"].mean()
             rec[f"detected_{attack}"] = float(ga["detected"].astype(float).mean())
             rec[f"BA_{attack}"] = ga["benign_accuracy"].mean()
